@@ -1,0 +1,225 @@
+package broker
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// adminScopes are the scopes of every admin token, in upstream's order.
+var adminScopes = []string{"admin:launch-tokens:*", "admin:revoke:*", "admin:audit:*"}
+
+// appScopes are the fixed scopes of every app token.
+var appScopes = []string{"app:launch-tokens:*", "app:agents:*", "app:audit:read"}
+
+// Launch-token defaults (§6.2).
+const (
+	defaultLaunchTTL    = 30
+	defaultLaunchMaxTTL = 300
+)
+
+func (b *Broker) handleAdminAuth(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		badJSON(w, r)
+		return
+	}
+	var old struct {
+		ClientID     string `json:"client_id"`
+		ClientSecret string `json:"client_secret"`
+	}
+	if json.Unmarshal(body, &old) == nil && (old.ClientID != "" || old.ClientSecret != "") {
+		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest,
+			`Admin auth format changed. Use {"secret": "..."} instead of client_id/client_secret`)
+		return
+	}
+	var req struct {
+		Secret string `json:"secret"`
+	}
+	if json.Unmarshal(body, &req) != nil { // strict: trailing bytes are an error here
+		badJSON(w, r)
+		return
+	}
+	if req.Secret == "" {
+		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "secret is required")
+		return
+	}
+	if bcrypt.CompareHashAndPassword(b.adminHash, []byte(req.Secret)) != nil {
+		b.obs.AdminAuth(false)
+		b.audit(r.Context(), Event{EventType: EventAdminAuthFailed, Detail: "failed admin authentication attempt", Outcome: OutcomeDenied})
+		WriteProblem(w, r, http.StatusUnauthorized, ErrTypeUnauthorized, "invalid credentials")
+		return
+	}
+	b.obs.AdminAuth(true)
+	ttl := b.ttl(int64(b.cfg.AdminTokenTTL / time.Second))
+	tok, _, err := b.issue(Claims{Sub: "admin", Aud: b.audience(), Scope: adminScopes}, ttl)
+	if err != nil {
+		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to issue token")
+		return
+	}
+	b.audit(r.Context(), Event{EventType: EventAdminAuth, Detail: "admin authenticated as admin", Outcome: OutcomeSuccess})
+	writeJSON(w, http.StatusOK, struct {
+		AccessToken string `json:"access_token"`
+		ExpiresIn   int64  `json:"expires_in"`
+		TokenType   string `json:"token_type"`
+	}{tok, ttl, "Bearer"})
+}
+
+// handleLaunchToken serves both launch-token routes. Callers with an app
+// subject are held to their app's current ceiling; on the app route only an
+// active app's own token is accepted (D5).
+func (b *Broker) handleLaunchToken(w http.ResponseWriter, r *http.Request) {
+	c := claimsFrom(r)
+	var req struct {
+		AgentName    string   `json:"agent_name"`
+		AllowedScope []string `json:"allowed_scope"`
+		MaxTTL       int64    `json:"max_ttl"`
+		SingleUse    *bool    `json:"single_use"`
+		TTL          int64    `json:"ttl"`
+	}
+	if !decodeJSON(r, &req) {
+		badJSON(w, r)
+		return
+	}
+	ctx := r.Context()
+	appID, isApp := strings.CutPrefix(c.Sub, "app:")
+	if r.URL.Path == "/v1/app/launch-tokens" && !isApp {
+		WriteProblem(w, r, http.StatusForbidden, ErrTypeForbidden, "app not found")
+		return
+	}
+	if isApp {
+		app, err := b.store.appBy(ctx, "app_id", appID)
+		if err != nil || app.Status != appActive {
+			WriteProblem(w, r, http.StatusForbidden, ErrTypeForbidden, "app not found")
+			return
+		}
+		if !scopemap.Subset(req.AllowedScope, app.Scopes) {
+			b.audit(ctx, Event{
+				EventType: EventScopeCeilingExceeded, AgentID: c.Sub,
+				Detail:  fmt.Sprintf("app=%s requested=%v ceiling=%v", appID, req.AllowedScope, app.Scopes),
+				Outcome: OutcomeDenied,
+			})
+			WriteProblem(w, r, http.StatusForbidden, ErrTypeForbidden,
+				"requested scopes exceed app ceiling; allowed: ["+strings.Join(app.Scopes, " ")+"]")
+			return
+		}
+	} else {
+		appID = ""
+	}
+	deny := func(msg string) {
+		b.audit(ctx, Event{
+			EventType: EventLaunchTokenDenied, AgentID: c.Sub,
+			Detail:  "launch token denied for agent=" + req.AgentName + " by=" + c.Sub + " reason=" + msg,
+			Outcome: OutcomeDenied,
+		})
+		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, msg)
+	}
+	if req.AgentName == "" {
+		deny("agent_name is required")
+		return
+	}
+	if len(req.AllowedScope) == 0 {
+		deny("allowed_scope must not be empty")
+		return
+	}
+	if req.TTL <= 0 {
+		req.TTL = defaultLaunchTTL
+	}
+	if req.MaxTTL <= 0 {
+		req.MaxTTL = defaultLaunchMaxTTL
+	}
+	now := b.now()
+	lt := LaunchToken{
+		AgentName: req.AgentName, AllowedScope: req.AllowedScope, MaxTTL: req.MaxTTL,
+		SingleUse: req.SingleUse == nil || *req.SingleUse, ExpiresAt: now.Add(time.Duration(req.TTL) * time.Second),
+		CreatedBy: c.Sub, AppID: appID,
+	}
+	tok, err := b.store.createLaunchToken(ctx, lt, now)
+	if err != nil {
+		b.obs.DBError("launch_token_create")
+		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to create launch token")
+		return
+	}
+	detail := fmt.Sprintf("launch token issued for agent=%s scope=%v max_ttl=%d created_by=%s", lt.AgentName, lt.AllowedScope, lt.MaxTTL, lt.CreatedBy)
+	if appID != "" {
+		detail += " app_id=" + appID
+	}
+	b.audit(ctx, Event{EventType: EventLaunchTokenIssued, Detail: detail, Outcome: OutcomeSuccess})
+	b.obs.LaunchTokenCreated()
+	type policy struct {
+		AllowedScope []string `json:"allowed_scope"`
+		MaxTTL       int64    `json:"max_ttl"`
+	}
+	writeJSON(w, http.StatusCreated, struct {
+		LaunchToken string `json:"launch_token"`
+		ExpiresAt   string `json:"expires_at"`
+		Policy      policy `json:"policy"`
+	}{tok, lt.ExpiresAt.UTC().Truncate(time.Second).Format(time.RFC3339), policy{lt.AllowedScope, lt.MaxTTL}})
+}
+
+// dummySecretHash is compared against when a client_id is unknown, so the
+// answer takes as long as for a wrong secret and does not reveal which
+// client IDs exist.
+var dummySecretHash = sync.OnceValue(func() []byte {
+	h, _ := bcrypt.GenerateFromPassword([]byte("caddy-agentwrit timing equalizer"), bcryptCost)
+	return h
+})
+
+func (b *Broker) handleAppAuth(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		ClientID     string `json:"client_id"`
+		ClientSecret string `json:"client_secret"`
+	}
+	if !decodeJSON(r, &req) {
+		badJSON(w, r)
+		return
+	}
+	if req.ClientID == "" || req.ClientSecret == "" {
+		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "client_id and client_secret are required")
+		return
+	}
+	ctx := r.Context()
+	deny := func(reason string) {
+		b.audit(ctx, Event{EventType: EventAppAuthFailed, Detail: "client_id=" + req.ClientID + " reason=" + reason, Outcome: OutcomeDenied})
+		WriteProblem(w, r, http.StatusUnauthorized, ErrTypeUnauthorized, "Authentication failed")
+	}
+	app, err := b.store.appBy(ctx, "client_id", req.ClientID)
+	switch {
+	case err == ErrNotFound:
+		_ = bcrypt.CompareHashAndPassword(dummySecretHash(), []byte(req.ClientSecret))
+		deny("unknown_client_id")
+		return
+	case err != nil:
+		b.obs.DBError("app_lookup")
+		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "authentication error")
+		return
+	case app.Status != appActive:
+		_ = bcrypt.CompareHashAndPassword(dummySecretHash(), []byte(req.ClientSecret))
+		deny("app_inactive")
+		return
+	}
+	if bcrypt.CompareHashAndPassword([]byte(app.secretHash), []byte(req.ClientSecret)) != nil {
+		deny("wrong_secret")
+		return
+	}
+	ttl := b.ttl(app.TokenTTL)
+	tok, _, err := b.issue(Claims{Sub: "app:" + app.AppID, Aud: b.audience(), Scope: appScopes}, ttl)
+	if err != nil {
+		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "authentication error")
+		return
+	}
+	b.audit(ctx, Event{EventType: EventAppAuthenticated, Detail: "client_id=" + app.ClientID + " app_id=" + app.AppID, Outcome: OutcomeSuccess})
+	writeJSON(w, http.StatusOK, struct {
+		AccessToken string   `json:"access_token"`
+		ExpiresIn   int64    `json:"expires_in"`
+		TokenType   string   `json:"token_type"`
+		Scopes      []string `json:"scopes"`
+	}{tok, ttl, "Bearer", appScopes})
+}

@@ -1,0 +1,235 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
+	"golang.org/x/crypto/bcrypt"
+)
+
+var appNameRE = regexp.MustCompile(`^[a-z][a-z0-9](?:-?[a-z0-9]+)*$`)
+
+const (
+	minAppTokenTTL = 60
+	maxAppTokenTTL = 86400
+)
+
+func invalidTTL(w http.ResponseWriter, r *http.Request, ttl int64) {
+	WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidTTL,
+		fmt.Sprintf("invalid token TTL: must be between %d and %d seconds, got %d", minAppTokenTTL, maxAppTokenTTL, ttl))
+}
+
+func allValidScopes(scopes []string) bool {
+	for _, s := range scopes {
+		if !scopemap.Valid(s) {
+			return false
+		}
+	}
+	return true
+}
+
+// clientIDPrefix is upstream's abbreviation: the first two characters of a
+// name without hyphens, else the initials of up to three parts.
+func clientIDPrefix(name string) string {
+	parts := strings.Split(name, "-")
+	if len(parts) == 1 {
+		return name[:2]
+	}
+	var b strings.Builder
+	for _, p := range parts[:min(3, len(parts))] {
+		b.WriteByte(p[0])
+	}
+	return b.String()
+}
+
+func (b *Broker) handleCreateApp(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Name     string   `json:"name"`
+		Scopes   []string `json:"scopes"`
+		TokenTTL *int64   `json:"token_ttl"`
+	}
+	if !decodeJSON(r, &req) {
+		badJSON(w, r)
+		return
+	}
+	switch {
+	case req.Name == "":
+		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "name is required")
+		return
+	case len(req.Scopes) == 0:
+		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "scopes must not be empty")
+		return
+	case req.TokenTTL != nil && *req.TokenTTL <= 0:
+		invalidTTL(w, r, *req.TokenTTL)
+		return
+	case len(req.Name) > 64 || !appNameRE.MatchString(req.Name):
+		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "invalid app name: must be lowercase letters, digits, and hyphens")
+		return
+	case !allValidScopes(req.Scopes):
+		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "invalid scope format: use action:resource:identifier")
+		return
+	case req.TokenTTL != nil && (*req.TokenTTL < minAppTokenTTL || *req.TokenTTL > maxAppTokenTTL):
+		invalidTTL(w, r, *req.TokenTTL)
+		return
+	}
+	ttl := int64(b.cfg.AppTokenTTL / time.Second)
+	if req.TokenTTL != nil {
+		ttl = *req.TokenTTL
+	}
+	suffix, err1 := randomHex(3)
+	cid, err2 := randomHex(6)
+	secret, err3 := randomHex(32)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to register app")
+		return
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte(secret), bcryptCost)
+	if err != nil {
+		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to register app")
+		return
+	}
+	app := &App{
+		AppID: "app-" + req.Name + "-" + suffix, Name: req.Name, ClientID: clientIDPrefix(req.Name) + "-" + cid,
+		Scopes: req.Scopes, TokenTTL: ttl, secretHash: string(hash), createdBy: claimsFrom(r).Sub,
+	}
+	if err := b.store.insertApp(r.Context(), app, b.now()); err != nil {
+		if errors.Is(err, ErrConflict) { // D2
+			WriteProblem(w, r, http.StatusConflict, ErrTypeConflict, "app name already registered: "+req.Name)
+			return
+		}
+		b.obs.DBError("app_register")
+		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to register app")
+		return
+	}
+	b.audit(r.Context(), Event{
+		EventType: EventAppRegistered, Outcome: OutcomeSuccess,
+		Detail: fmt.Sprintf("app=%s client_id=%s scopes=%v token_ttl=%d", app.Name, app.ClientID, app.Scopes, app.TokenTTL),
+	})
+	// name and status are empty in upstream's 201 body; clients may rely on it.
+	writeJSON(w, http.StatusCreated, struct {
+		AppID        string   `json:"app_id"`
+		Name         string   `json:"name"`
+		ClientID     string   `json:"client_id"`
+		ClientSecret string   `json:"client_secret"`
+		Scopes       []string `json:"scopes"`
+		TokenTTL     int64    `json:"token_ttl"`
+		Status       string   `json:"status"`
+	}{app.AppID, "", app.ClientID, secret, app.Scopes, app.TokenTTL, ""})
+}
+
+func (b *Broker) handleListApps(w http.ResponseWriter, r *http.Request) {
+	apps, err := b.store.listApps(r.Context())
+	if err != nil {
+		b.obs.DBError("app_list")
+		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to list apps")
+		return
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Apps  []*App `json:"apps"`
+		Total int    `json:"total"`
+	}{apps, len(apps)})
+}
+
+// appOr404 loads the app named by the {id} path value.
+func (b *Broker) appOr404(w http.ResponseWriter, r *http.Request) *App {
+	app, err := b.store.appBy(r.Context(), "app_id", r.PathValue("id"))
+	switch {
+	case errors.Is(err, ErrNotFound):
+		WriteProblem(w, r, http.StatusNotFound, ErrTypeNotFound, "app not found")
+		return nil
+	case err != nil:
+		b.obs.DBError("app_get")
+		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to get app")
+		return nil
+	}
+	return app
+}
+
+func (b *Broker) handleGetApp(w http.ResponseWriter, r *http.Request) {
+	if app := b.appOr404(w, r); app != nil {
+		writeJSON(w, http.StatusOK, app)
+	}
+}
+
+// handleUpdateApp validates everything before changing anything (D8).
+func (b *Broker) handleUpdateApp(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Scopes   []string `json:"scopes"`
+		TokenTTL *int64   `json:"token_ttl"`
+	}
+	if !decodeJSON(r, &req) {
+		badJSON(w, r)
+		return
+	}
+	if len(req.Scopes) == 0 {
+		req.Scopes = nil
+	}
+	switch {
+	case req.Scopes == nil && req.TokenTTL == nil:
+		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "at least one of scopes or token_ttl must be provided")
+		return
+	case !allValidScopes(req.Scopes):
+		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "invalid scope format: use action:resource:identifier")
+		return
+	case req.TokenTTL != nil && (*req.TokenTTL < minAppTokenTTL || *req.TokenTTL > maxAppTokenTTL):
+		invalidTTL(w, r, *req.TokenTTL)
+		return
+	}
+	old := b.appOr404(w, r)
+	if old == nil {
+		return
+	}
+	if err := b.store.updateApp(r.Context(), old.AppID, req.Scopes, req.TokenTTL, b.now()); err != nil {
+		b.obs.DBError("app_update")
+		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to update app")
+		return
+	}
+	by := claimsFrom(r).Sub
+	if req.Scopes != nil {
+		b.audit(r.Context(), Event{EventType: EventAppUpdated, Outcome: OutcomeSuccess,
+			Detail: fmt.Sprintf("app_id=%s scopes=%v updated_by=%s", old.AppID, req.Scopes, by)})
+	}
+	if req.TokenTTL != nil {
+		b.audit(r.Context(), Event{EventType: EventAppUpdated, Outcome: OutcomeSuccess,
+			Detail: fmt.Sprintf("app_id=%s token_ttl=%d->%d updated_by=%s", old.AppID, old.TokenTTL, *req.TokenTTL, by)})
+	}
+	b.handleGetApp(w, r)
+}
+
+// handleDeleteApp deactivates the app and takes its powers away (D7): its
+// own tokens are revoked by subject and its unused launch tokens dropped.
+// Agents it launched keep their tokens until they expire.
+func (b *Broker) handleDeleteApp(w http.ResponseWriter, r *http.Request) {
+	app := b.appOr404(w, r)
+	if app == nil {
+		return
+	}
+	ctx := r.Context()
+	now := b.now()
+	err := errors.Join(
+		b.store.deactivateApp(ctx, app.AppID, now),
+		b.store.Revoke(ctx, LevelAgent, "app:"+app.AppID),
+		b.store.dropAppLaunchTokens(ctx, app.AppID),
+	)
+	if err != nil {
+		b.obs.DBError("app_deregister")
+		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to deregister app")
+		return
+	}
+	b.audit(ctx, Event{EventType: EventAppDeregistered, Outcome: OutcomeSuccess,
+		Detail: "app_id=" + app.AppID + " name=" + app.Name + " deregistered_by=" + claimsFrom(r).Sub})
+	writeJSON(w, http.StatusOK, struct {
+		AppID          string   `json:"app_id"`
+		Name           string   `json:"name"`
+		ClientID       string   `json:"client_id"`
+		Scopes         []string `json:"scopes"`
+		TokenTTL       int64    `json:"token_ttl"`
+		Status         string   `json:"status"`
+		DeregisteredAt string   `json:"deregistered_at"`
+	}{AppID: app.AppID, Status: appInactive, DeregisteredAt: now.UTC().Truncate(time.Second).Format(time.RFC3339)})
+}

@@ -1,0 +1,164 @@
+package broker
+
+import (
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
+)
+
+// validSegment is go-spiffe's rule for one path segment of a SPIFFE ID.
+func validSegment(s string) bool {
+	if s == "" || s == "." || s == ".." {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+type registerRequest struct {
+	LaunchToken    string   `json:"launch_token"`
+	Nonce          string   `json:"nonce"`
+	PublicKey      string   `json:"public_key"`
+	Signature      string   `json:"signature"`
+	OrchID         string   `json:"orch_id"`
+	TaskID         string   `json:"task_id"`
+	RequestedScope []string `json:"requested_scope"`
+}
+
+// handleRegister follows upstream's order (§10.5) so that nothing is
+// consumed by a request that fails before the nonce check, and adds two
+// checks: orch_id/task_id are validated up front (D3), and small-order
+// public keys are refused.
+func (b *Broker) handleRegister(w http.ResponseWriter, r *http.Request) {
+	var req registerRequest
+	if !decodeJSON(r, &req) {
+		badJSON(w, r)
+		return
+	}
+	ctx := r.Context()
+	fail := func(status int, errType, detail string) {
+		b.obs.Registration(false)
+		WriteProblem(w, r, status, errType, detail)
+	}
+	if req.LaunchToken == "" || req.Nonce == "" || req.PublicKey == "" || req.Signature == "" || req.OrchID == "" || req.TaskID == "" {
+		fail(http.StatusBadRequest, ErrTypeInvalidRequest, "missing required field")
+		return
+	}
+	if len(req.RequestedScope) == 0 {
+		fail(http.StatusBadRequest, ErrTypeInvalidRequest, "missing required field: requested_scope")
+		return
+	}
+	if !validSegment(req.OrchID) || !validSegment(req.TaskID) {
+		fail(http.StatusBadRequest, ErrTypeInvalidRequest, "orch_id and task_id must use only [A-Za-z0-9._-] and must not be . or ..")
+		return
+	}
+	now := b.now()
+	lt, err := b.store.lookupLaunchToken(ctx, req.LaunchToken, now)
+	if err != nil {
+		if !errors.Is(err, errLaunchNotFound) && !errors.Is(err, errLaunchExpired) && !errors.Is(err, errLaunchConsumed) {
+			b.obs.DBError("launch_token_lookup")
+			fail(http.StatusInternalServerError, ErrTypeInternal, "registration failed")
+			return
+		}
+		fail(http.StatusUnauthorized, ErrTypeUnauthorized, "launch token: "+err.Error())
+		return
+	}
+	if !scopemap.Subset(req.RequestedScope, lt.AllowedScope) {
+		b.audit(ctx, Event{
+			EventType: EventRegistrationViolation, TaskID: req.TaskID, OrchID: req.OrchID,
+			Detail:  fmt.Sprintf("scope violation: requested %v exceeds allowed %v", req.RequestedScope, lt.AllowedScope),
+			Outcome: OutcomeDenied,
+		})
+		fail(http.StatusForbidden, ErrTypeScopeViolation, "requested scope exceeds allowed scope")
+		return
+	}
+	if err := b.store.nonces.consume(req.Nonce, now); err != nil {
+		fail(http.StatusUnauthorized, ErrTypeUnauthorized, "nonce: "+err.Error())
+		return
+	}
+	pub, err := base64.StdEncoding.Strict().DecodeString(req.PublicKey)
+	switch {
+	case err != nil:
+		fail(http.StatusUnauthorized, ErrTypeUnauthorized, "invalid Ed25519 public key: base64 decode failed")
+		return
+	case len(pub) != ed25519.PublicKeySize:
+		fail(http.StatusUnauthorized, ErrTypeUnauthorized, "invalid Ed25519 public key: wrong key size")
+		return
+	case weakPublicKey(pub):
+		fail(http.StatusUnauthorized, ErrTypeUnauthorized, "invalid Ed25519 public key: small-order or non-canonical point")
+		return
+	}
+	sig, err := base64.StdEncoding.Strict().DecodeString(req.Signature)
+	if err != nil {
+		fail(http.StatusUnauthorized, ErrTypeUnauthorized, "nonce signature verification failed: base64 decode failed")
+		return
+	}
+	msg, err := hex.DecodeString(req.Nonce)
+	if err != nil {
+		msg = []byte(req.Nonce)
+	}
+	if !ed25519.Verify(pub, msg, sig) {
+		fail(http.StatusUnauthorized, ErrTypeUnauthorized, "nonce signature verification failed")
+		return
+	}
+	if lt.SingleUse {
+		if err := b.store.consumeLaunchToken(ctx, req.LaunchToken, now); err != nil {
+			fail(http.StatusUnauthorized, ErrTypeUnauthorized, "consume launch token: "+errLaunchConsumed.Error())
+			return
+		}
+	}
+	instance, err := randomHex(8)
+	if err != nil {
+		fail(http.StatusInternalServerError, ErrTypeInternal, "registration failed")
+		return
+	}
+	agentID := "spiffe://" + b.cfg.TrustDomain + "/agent/" + req.OrchID + "/" + req.TaskID + "/" + instance
+	maxTTL := lt.MaxTTL
+	if maxTTL <= 0 {
+		maxTTL = defaultLaunchMaxTTL
+	}
+	ttl := b.ttl(maxTTL)
+	tok, c, err := b.issue(Claims{
+		Sub: agentID, Aud: b.audience(), Scope: req.RequestedScope, TaskID: req.TaskID, OrchID: req.OrchID,
+	}, ttl)
+	if err != nil {
+		fail(http.StatusInternalServerError, ErrTypeInternal, "registration failed")
+		return
+	}
+	if err := b.store.saveAgent(ctx, Agent{
+		ID: agentID, PublicKey: pub, OrchID: req.OrchID, TaskID: req.TaskID, Scope: req.RequestedScope, AppID: lt.AppID,
+	}, now); err != nil {
+		b.obs.DBError("save_agent")
+		fail(http.StatusInternalServerError, ErrTypeInternal, "registration failed")
+		return
+	}
+	appSuffix := ""
+	if lt.AppID != "" {
+		appSuffix = " app_id=" + lt.AppID
+	}
+	b.audit(ctx, Event{
+		EventType: EventAgentRegistered, AgentID: agentID, TaskID: req.TaskID, OrchID: req.OrchID,
+		Detail: fmt.Sprintf("Agent registered with scope %v", req.RequestedScope) + appSuffix, Outcome: OutcomeSuccess,
+	})
+	b.audit(ctx, Event{
+		EventType: EventTokenIssued, AgentID: agentID, TaskID: req.TaskID, OrchID: req.OrchID,
+		Detail: fmt.Sprintf("Token issued, jti=%s, ttl=%d", c.Jti, lt.MaxTTL) + appSuffix, Outcome: OutcomeSuccess,
+	})
+	b.obs.Registration(true)
+	b.obs.AgentRegistered()
+	writeJSON(w, http.StatusOK, struct {
+		AgentID     string `json:"agent_id"`
+		AccessToken string `json:"access_token"`
+		ExpiresIn   int64  `json:"expires_in"`
+	}{agentID, tok, ttl})
+}

@@ -1,0 +1,78 @@
+// Package scopemap maps HTTP requests (method and path) to the AgentWrit
+// scopes they require, and decides whether granted scopes cover them.
+//
+// It imports neither Caddy nor the broker, so the broker's own subset checks
+// and the gateway's route checks share one definition of coverage.
+package scopemap
+
+import "strings"
+
+// Wildcard is the identifier that, in a granted scope, covers every
+// identifier of the same action and resource.
+const Wildcard = "*"
+
+// Scope is a parsed "action:resource:identifier" string. The identifier may
+// itself contain colons: only the first two separate the parts.
+type Scope struct {
+	Action, Resource, Identifier string
+}
+
+// ParseScope splits s on its first two colons. ok is false when s is
+// malformed: fewer than two colons or any empty part.
+func ParseScope(s string) (sc Scope, ok bool) {
+	a, rest, found := strings.Cut(s, ":")
+	if !found || a == "" {
+		return Scope{}, false
+	}
+	r, id, found := strings.Cut(rest, ":")
+	if !found || r == "" || id == "" {
+		return Scope{}, false
+	}
+	return Scope{Action: a, Resource: r, Identifier: id}, true
+}
+
+// Valid reports whether s is a well-formed scope.
+func Valid(s string) bool {
+	_, ok := ParseScope(s)
+	return ok
+}
+
+// covers reports whether the granted scope g covers the required scope r:
+// same action and resource, and an equal identifier or a granted "*".
+// A malformed scope on either side covers nothing.
+func covers(g, r string) bool {
+	gs, ok := ParseScope(g)
+	if !ok {
+		return false
+	}
+	rs, ok := ParseScope(r)
+	if !ok {
+		return false
+	}
+	return gs.Action == rs.Action && gs.Resource == rs.Resource &&
+		(gs.Identifier == Wildcard || gs.Identifier == rs.Identifier)
+}
+
+// Covers reports whether any scope in granted covers required. This is
+// AgentWrit's rule exactly: "*" is a wildcard only as the whole identifier of
+// a granted scope, so "*:*:*" covers only scopes whose action and resource
+// are literally "*".
+func Covers(granted []string, required string) bool {
+	for _, g := range granted {
+		if covers(g, required) {
+			return true
+		}
+	}
+	return false
+}
+
+// Subset reports whether every requested scope is covered by allowed. An
+// empty request is trivially a subset; a malformed requested scope never is.
+func Subset(requested, allowed []string) bool {
+	for _, r := range requested {
+		if !Covers(allowed, r) {
+			return false
+		}
+	}
+	return true
+}
