@@ -1,0 +1,394 @@
+package caddymodule
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+	httpcaddyfile.RegisterHandlerDirective("agentwrit", parseHandler)
+	httpcaddyfile.RegisterDirectiveOrder("agentwrit", httpcaddyfile.Before, "basic_auth")
+}
+
+// Identity headers the backend receives on an allowed request. Copies sent
+// by the client are deleted from every request, allowed or not.
+const (
+	HeaderAgentID = "X-AgentWrit-Agent-ID"
+	HeaderTaskID  = "X-AgentWrit-Task-ID"
+	HeaderOrchID  = "X-AgentWrit-Orch-ID"
+	HeaderScope   = "X-AgentWrit-Scope"
+	HeaderJTI     = "X-AgentWrit-JTI"
+)
+
+var identityHeaders = []string{HeaderAgentID, HeaderTaskID, HeaderOrchID, HeaderScope, HeaderJTI}
+
+// Values of Handler.Unmapped and Handler.Mode.
+const (
+	UnmappedDeny          = "deny"
+	UnmappedAuthenticated = "authenticated"
+	ModeEnforce           = "enforce"
+	ModeReport            = "report"
+)
+
+// Handler enforces AgentWrit tokens in front of the next handler: it
+// checks that the path is canonical, finds the route's rule, validates the
+// Bearer token and checks that its scopes cover what the rule requires.
+// Allowed requests reach the next handler with the agent's identity in
+// X-AgentWrit-* headers and placeholders.
+type Handler struct {
+	// Rules map method and path to the scopes a request needs.
+	Rules []scopemap.Rule `json:"rules,omitempty"`
+	// Unmapped decides routes no rule maps: "deny" (default, 403) or
+	// "authenticated" (any valid token).
+	Unmapped string `json:"unmapped,omitempty"`
+	// ForwardToken keeps the Authorization header for the backend
+	// (default true); false strips it.
+	ForwardToken *bool `json:"forward_token,omitempty"`
+	// Mode "report" decides, logs, audits and counts, but lets every
+	// request through; "enforce" (default) acts on the decision.
+	Mode string `json:"mode,omitempty"`
+
+	routes    *scopemap.Map
+	validator validator
+	broker    *broker.Broker // embedded broker, for the audit chain
+	audience  string
+	metrics   *gatewayMetrics
+	logger    *zap.Logger
+}
+
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler       = (*Handler)(nil)
+)
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.agentwrit", New: func() caddy.Module { return new(Handler) }}
+}
+
+// Provision compiles the rules and connects to the embedded broker.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	var err error
+	if h.routes, err = scopemap.Compile(h.Rules); err != nil {
+		return fmt.Errorf("agentwrit: %w", err)
+	}
+	if h.metrics, err = newGatewayMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("agentwrit: metrics: %w", err)
+	}
+	app, err := ctx.AppIfConfigured("agentwrit")
+	if errors.Is(err, caddy.ErrNotConfigured) {
+		return errors.New("agentwrit: no broker: add the agentwrit global option to run the embedded broker")
+	}
+	if err != nil {
+		return err
+	}
+	a := app.(*App)
+	h.broker, h.audience = a.broker, a.Audience
+	h.validator = embedded{a.broker}
+	return nil
+}
+
+// Validate checks the enumerated options.
+func (h *Handler) Validate() error {
+	switch h.Unmapped {
+	case "", UnmappedDeny, UnmappedAuthenticated:
+	default:
+		return fmt.Errorf("agentwrit: unmapped must be %q or %q, not %q", UnmappedDeny, UnmappedAuthenticated, h.Unmapped)
+	}
+	switch h.Mode {
+	case "", ModeEnforce, ModeReport:
+	default:
+		return fmt.Errorf("agentwrit: mode must be %q or %q, not %q", ModeEnforce, ModeReport, h.Mode)
+	}
+	return nil
+}
+
+// validator turns a bearer token into verified claims.
+type validator interface {
+	validate(ctx context.Context, token string) (*broker.Claims, error)
+}
+
+// embedded validates in-process: a map lookup for a token seen before, and
+// always a live revocation check.
+type embedded struct{ b *broker.Broker }
+
+func (e embedded) validate(ctx context.Context, tok string) (*broker.Claims, error) {
+	return e.b.Verify(ctx, tok)
+}
+
+// errUnavailable means the token could not be checked at all (remote broker
+// down); the request fails closed with 503.
+var errUnavailable = errors.New("broker unavailable")
+
+// denial is why a request is refused.
+type denial struct {
+	status    int
+	errType   string
+	detail    string // for the client: generic, never token material
+	reason    string // for logs and metrics
+	challenge string // WWW-Authenticate
+	event     string // audit event type, "" for none
+	claims    *broker.Claims
+	cause     error
+}
+
+func bearerToken(r *http.Request) (string, bool) {
+	auth := r.Header.Get("Authorization")
+	if len(auth) < 7 || !strings.EqualFold(auth[:7], "Bearer ") {
+		return "", false
+	}
+	tok := strings.TrimSpace(auth[7:])
+	return tok, tok != ""
+}
+
+const realm = `Bearer realm="agentwrit"`
+
+// ServeHTTP enforces: canonical path → rule → token → validate → scope → act.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	for _, k := range identityHeaders {
+		r.Header.Del(k)
+	}
+	raw := r.URL.EscapedPath()
+	if err := scopemap.CheckCanonical(raw); err != nil {
+		return h.deny(w, r, next, &denial{status: http.StatusBadRequest, errType: broker.ErrTypeInvalidRequest,
+			detail: "request path is not canonical", reason: "non_canonical_path", cause: err})
+	}
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	m, found, lookupErr := h.routes.Lookup(r.Method, raw, repl.GetString)
+	if found && m.Public {
+		h.count("allow", "public")
+		return next.ServeHTTP(w, r)
+	}
+	if !found && lookupErr == nil && h.Unmapped != UnmappedAuthenticated {
+		return h.deny(w, r, next, &denial{status: http.StatusForbidden, errType: "route_not_mapped",
+			detail: "no rule maps this route", reason: "route_not_mapped"})
+	}
+	tok, ok := bearerToken(r)
+	if !ok {
+		return h.deny(w, r, next, &denial{status: http.StatusUnauthorized, errType: broker.ErrTypeUnauthorized,
+			detail: "missing bearer token", reason: "missing_token", challenge: realm, event: broker.EventTokenAuthFailed})
+	}
+	c, err := h.validator.validate(r.Context(), tok)
+	if err == nil && h.audience != "" && !slices.Contains(c.Aud, h.audience) {
+		c, err = nil, broker.ErrAudienceMismatch
+	}
+	if err != nil {
+		d := &denial{status: http.StatusUnauthorized, errType: broker.ErrTypeUnauthorized,
+			detail: "token verification failed", reason: "invalid_token",
+			challenge: realm + `, error="invalid_token"`, event: broker.EventTokenAuthFailed, cause: err}
+		switch {
+		case errors.Is(err, errUnavailable):
+			d = &denial{status: http.StatusServiceUnavailable, errType: "broker_unavailable",
+				detail: "token validation is temporarily unavailable", reason: "broker_unavailable", cause: err}
+		case errors.Is(err, broker.ErrRevoked):
+			d.reason, d.event = "revoked", broker.EventTokenRevokedAccess
+		}
+		return h.deny(w, r, next, d)
+	}
+	if lookupErr != nil {
+		return h.deny(w, r, next, &denial{status: http.StatusForbidden, errType: broker.ErrTypeInsufficientScope,
+			detail: "a path value cannot form a valid scope", reason: "bad_scope_value",
+			challenge: realm + `, error="insufficient_scope"`, event: broker.EventScopeViolation, claims: c, cause: lookupErr})
+	}
+	for _, s := range m.Required {
+		if !scopemap.Covers(c.Scope, s) {
+			req := strings.Join(m.Required, " ")
+			return h.deny(w, r, next, &denial{status: http.StatusForbidden, errType: broker.ErrTypeInsufficientScope,
+				detail: "token lacks required scope: " + req, reason: "insufficient_scope",
+				challenge: realm + `, error="insufficient_scope", scope="` + req + `"`,
+				event:     broker.EventScopeViolation, claims: c})
+		}
+	}
+	h.allow(r, repl, c, m.Required)
+	h.count("allow", "ok")
+	return next.ServeHTTP(w, r)
+}
+
+// allow hands the agent's identity to the backend and to Caddy's logs.
+func (h *Handler) allow(r *http.Request, repl *caddy.Replacer, c *broker.Claims, required []string) {
+	scope := strings.Join(c.Scope, " ")
+	hd := r.Header
+	hd[HeaderAgentID] = []string{c.Sub}
+	hd[HeaderTaskID] = []string{c.TaskID}
+	hd[HeaderOrchID] = []string{c.OrchID}
+	hd[HeaderScope] = []string{scope}
+	hd[HeaderJTI] = []string{c.Jti}
+	if h.ForwardToken != nil && !*h.ForwardToken {
+		hd.Del("Authorization")
+	}
+	repl.Set("http.auth.user.id", c.Sub)
+	repl.Set("agentwrit.agent_id", c.Sub)
+	repl.Set("agentwrit.task_id", c.TaskID)
+	repl.Set("agentwrit.orch_id", c.OrchID)
+	repl.Set("agentwrit.jti", c.Jti)
+	repl.Set("agentwrit.scope", scope)
+	repl.Set("agentwrit.required_scope", strings.Join(required, " "))
+	repl.Set("agentwrit.delegation_depth", strconv.Itoa(len(c.DelegationChain)))
+}
+
+func (h *Handler) count(result, reason string) {
+	h.metrics.decisions.WithLabelValues(result, reason).Inc()
+}
+
+// tokenHash is a short, non-reversible handle on a token for logs.
+func tokenHash(r *http.Request) string {
+	tok, ok := bearerToken(r)
+	if !ok {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(sum[:6])
+}
+
+// deny logs, counts and audits a refusal, then answers it — or, in report
+// mode, lets the request through anyway.
+func (h *Handler) deny(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d *denial) error {
+	report := h.Mode == ModeReport
+	result := "deny"
+	if report {
+		result = "report"
+	}
+	h.count(result, d.reason)
+	agent := ""
+	if d.claims != nil {
+		agent = d.claims.Sub
+	}
+	resource := r.Method + " " + r.URL.Path
+	// An agent overstepping its scope is worth an operator's attention;
+	// anonymous junk is not, unless debugging.
+	level := zapcore.DebugLevel
+	if d.claims != nil || d.reason == "revoked" {
+		level = zapcore.InfoLevel
+	}
+	if ce := h.logger.Check(level, "agentwrit denied request"); ce != nil {
+		fields := []zap.Field{zap.String("reason", d.reason), zap.String("resource", resource),
+			zap.Int("status", d.status), zap.Bool("report_only", report)}
+		if agent != "" {
+			fields = append(fields, zap.String("agent_id", agent))
+		}
+		if th := tokenHash(r); th != "" {
+			fields = append(fields, zap.String("token_sha256_prefix", th))
+		}
+		if d.cause != nil {
+			fields = append(fields, zap.String("cause", d.cause.Error()))
+		}
+		ce.Write(fields...)
+	}
+	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
+		extra.Set(zap.String("agentwrit_decision", result+":"+d.reason))
+	}
+	if d.event != "" && h.broker != nil {
+		detail := d.reason
+		if d.cause != nil {
+			detail += ": " + d.cause.Error()
+		}
+		h.broker.RecordDenial(r.Context(), broker.Denial{EventType: d.event, Claims: d.claims, Resource: resource, Detail: detail})
+	}
+	if report {
+		return next.ServeHTTP(w, r)
+	}
+	if d.challenge != "" {
+		w.Header().Set("WWW-Authenticate", d.challenge)
+	}
+	if d.status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "5")
+	}
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	broker.NewProblem(d.status, d.errType, d.detail, r.URL.Path, repl.ReplaceAll("{http.request.uuid}", "")).Write(w)
+	return nil
+}
+
+// UnmarshalCaddyfile sets up the handler:
+//
+//	agentwrit [<matcher>] {
+//		broker   embedded
+//		require  <METHODS> <pattern> <scope...>
+//		public   <METHODS> <pattern>
+//		unmapped deny|authenticated
+//		forward_token on|off
+//		mode     enforce|report
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch opt := d.Val(); opt {
+		case "require", "public":
+			rule, err := scopemap.ParseRule(append([]string{opt}, d.RemainingArgs()...))
+			if err != nil {
+				return d.Errf("%v", err)
+			}
+			h.Rules = append(h.Rules, rule)
+		case "broker":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if d.Val() != "embedded" {
+				return d.Errf("broker %q: only 'embedded' is supported", d.Val())
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "unmapped", "mode":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			v := d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if opt == "unmapped" {
+				h.Unmapped = v
+			} else {
+				h.Mode = v
+			}
+		case "forward_token":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			var on bool
+			switch d.Val() {
+			case "on":
+				on = true
+			case "off":
+			default:
+				return d.Errf("forward_token must be on or off, not %q", d.Val())
+			}
+			h.ForwardToken = &on
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("unrecognized agentwrit subdirective %q", opt)
+		}
+	}
+	return nil
+}
+
+func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	return m, m.UnmarshalCaddyfile(h.Dispenser)
+}
