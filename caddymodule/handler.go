@@ -216,7 +216,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			req := strings.Join(m.Required, " ")
 			return h.deny(w, r, next, &denial{status: http.StatusForbidden, errType: broker.ErrTypeInsufficientScope,
 				detail: "token lacks required scope: " + req, reason: "insufficient_scope",
-				challenge: realm + `, error="insufficient_scope", scope="` + req + `"`,
+				challenge: realm + `, error="insufficient_scope", scope="` + quoteEscape(req) + `"`,
 				event:     broker.EventScopeViolation, claims: c})
 		}
 	}
@@ -249,6 +249,15 @@ func (h *Handler) allow(r *http.Request, repl *caddy.Replacer, c *broker.Claims,
 
 func (h *Handler) count(result, reason string) {
 	h.metrics.decisions.WithLabelValues(result, reason).Inc()
+}
+
+// quoteEscape makes s safe inside a quoted-string: path values may carry
+// '"' or '\' into a required scope.
+func quoteEscape(s string) string {
+	if !strings.ContainsAny(s, `"\`) {
+		return s
+	}
+	return strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s)
 }
 
 // tokenHash is a short, non-reversible handle on a token for logs.

@@ -3,6 +3,14 @@
 //
 // It imports neither Caddy nor the broker, so the broker's own subset checks
 // and the gateway's route checks share one definition of coverage.
+//
+// A rule is `require METHODS PATTERN SCOPE...` or `public METHODS PATTERN`
+// (ParseRule, or the Rule struct as JSON). Compile validates a rule set and
+// builds a Map; Map.Lookup picks the most specific rule for a request and
+// expands its scope templates. Request paths must pass CheckCanonical first:
+// matching works on canonical escaped paths only, comparing literal segments
+// with the percent-decoded segment so every spelling of a name that a
+// backend decodes alike selects the same rule.
 package scopemap
 
 import "strings"
@@ -37,29 +45,26 @@ func Valid(s string) bool {
 	return ok
 }
 
-// covers reports whether the granted scope g covers the required scope r:
-// same action and resource, and an equal identifier or a granted "*".
-// A malformed scope on either side covers nothing.
-func covers(g, r string) bool {
+// covers reports whether the granted scope g covers the parsed required
+// scope r: same action and resource, and an equal identifier or a granted
+// "*". A malformed granted scope covers nothing.
+func covers(g string, r Scope) bool {
 	gs, ok := ParseScope(g)
-	if !ok {
-		return false
-	}
-	rs, ok := ParseScope(r)
-	if !ok {
-		return false
-	}
-	return gs.Action == rs.Action && gs.Resource == rs.Resource &&
-		(gs.Identifier == Wildcard || gs.Identifier == rs.Identifier)
+	return ok && gs.Action == r.Action && gs.Resource == r.Resource &&
+		(gs.Identifier == Wildcard || gs.Identifier == r.Identifier)
 }
 
 // Covers reports whether any scope in granted covers required. This is
 // AgentWrit's rule exactly: "*" is a wildcard only as the whole identifier of
 // a granted scope, so "*:*:*" covers only scopes whose action and resource
-// are literally "*".
+// are literally "*". A malformed required scope is never covered.
 func Covers(granted []string, required string) bool {
+	r, ok := ParseScope(required) // once, not once per granted scope
+	if !ok {
+		return false
+	}
 	for _, g := range granted {
-		if covers(g, required) {
+		if covers(g, r) {
 			return true
 		}
 	}

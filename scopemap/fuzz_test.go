@@ -1,0 +1,218 @@
+package scopemap
+
+import (
+	"errors"
+	"net/url"
+	"path"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// fuzzBaseRules cover every segment kind, method form and template form, so
+// fuzzed paths exercise precedence, backtracking and expansion.
+var fuzzBaseRules = []string{
+	"require GET /orders/{id} read:orders:{id}",
+	"require POST,PUT /orders/{id} write:orders:{id}",
+	"require * /reports/{path...} read:reports:*",
+	"require POST /transfer/{from}/{to} read:acct:{from} write:acct:{to}",
+	"public GET /healthz",
+	"public OPTIONS /{path...}",
+	"require GET /a/{x}/b r:a:{x}",
+	"require GET /a/b/{y} r:b:{y}",
+	"require HEAD /a/b/{y} h:b:{y}",
+	"require * /a/{x}/{y} any:{x}:{y}-{http.x.v}",
+	"require GET /files/{rest...} read:files:{rest} read:host:{http.x.host}",
+	"require GET /caf%C3%A9/{id} read:cafe:{id}:{id}",
+	"require GET /{seg} read:top:{seg}",
+	"require DELETE / del:root:x",
+}
+
+func compileFuzzRules(t *testing.T, text string) ([]Rule, *Map) {
+	var base, extra []Rule
+	for _, l := range fuzzBaseRules {
+		r, err := ParseRule(strings.Fields(l))
+		if err != nil {
+			t.Fatal(err)
+		}
+		base = append(base, r)
+	}
+	for _, l := range strings.Split(text, "\n") {
+		if r, err := ParseRule(strings.Fields(l)); err == nil && len(extra) < 8 {
+			extra = append(extra, r)
+		}
+	}
+	for _, rules := range [][]Rule{append(append([]Rule(nil), base...), extra...), extra, base} {
+		if m, err := Compile(rules); err == nil {
+			return rules, m
+		} else if !errors.Is(err, ErrConflict) && !errors.Is(err, ErrInvalidRule) {
+			t.Fatalf("Compile: unexpected error %v", err)
+		}
+	}
+	t.Fatal("base rules do not compile")
+	return nil, nil
+}
+
+func FuzzMatch(f *testing.F) {
+	f.Add("", "GET", "/orders/42", "v")
+	f.Add("", "HEAD", "/a/b/c", "v")
+	f.Add("", "HEAD", "/a/z/b", "v")
+	f.Add("", "PATCH", "/a/%62/%63", "v")
+	f.Add("", "GET", "/files", "h")
+	f.Add("", "GET", "/files/x/y%3Az", "h")
+	f.Add("", "GET", "/caf%c3%a9/%E2%82%AC", "")
+	f.Add("", "POST", "/transfer/a%00/b", "")
+	f.Add("", "GET", "/%FF", "")
+	f.Add("", "DELETE", "/", "")
+	f.Add("require GET /x/{a}/{b...} r:{a}:{b}\npublic * /x/y", "GET", "/x/y/z/w", "")
+	f.Add("require * /{a}/{b} r:x:{a}{b}{http.x.v}", "PUT", "/p/q", "a:b")
+	f.Fuzz(func(t *testing.T, rulesText, method, rawPath, ph string) {
+		rules, m := compileFuzzRules(t, rulesText)
+		resolve := func(name string) (string, bool) {
+			if strings.HasPrefix(name, "http.x.") {
+				return ph, true
+			}
+			return "", false
+		}
+		match, found, err := m.Lookup(method, rawPath, resolve)
+		if CheckCanonical(rawPath) != nil {
+			if !errors.Is(err, ErrNotCanonical) || found || match.Rule != nil {
+				t.Fatalf("non-canonical %q: found=%v err=%v", rawPath, found, err)
+			}
+			return
+		}
+		idx, vals := refLookup(rules, method, rawPath)
+		if idx < 0 {
+			if found || err != nil || match.Rule != nil {
+				t.Fatalf("%s %q: reference finds no rule, Lookup found=%v rule=%v err=%v", method, rawPath, found, match.Rule, err)
+			}
+			return
+		}
+		if !found || match.Rule == nil || !reflect.DeepEqual(*match.Rule, rules[idx]) {
+			t.Fatalf("%s %q: want rule `%s`, got found=%v rule=%v err=%v", method, rawPath, rules[idx], found, match.Rule, err)
+		}
+		if match.Public != rules[idx].Public {
+			t.Fatalf("Public = %v for `%s`", match.Public, rules[idx])
+		}
+		if rules[idx].Public {
+			if match.Required != nil || err != nil {
+				t.Fatalf("public rule: Required=%q err=%v", match.Required, err)
+			}
+			return
+		}
+		want, good := refExpand(rules[idx].Scopes, vals, resolve)
+		if !good {
+			if !errors.Is(err, ErrBadValue) || match.Required != nil {
+				t.Fatalf("%s %q: want ErrBadValue (values %q, ph %q), got Required=%q err=%v", method, rawPath, vals, ph, match.Required, err)
+			}
+			return
+		}
+		if err != nil || !reflect.DeepEqual(match.Required, want) {
+			t.Fatalf("%s %q via `%s`: Required=%q err=%v, want %q", method, rawPath, rules[idx], match.Required, err, want)
+		}
+		for _, s := range match.Required {
+			if !Valid(s) {
+				t.Fatalf("required scope %q is not valid", s)
+			}
+		}
+	})
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add("require GET /orders/{id} read:orders:{id}")
+	f.Add("require POST,PUT /orders/{id} write:orders:{id}")
+	f.Add("require * /reports/{path...} read:reports:*")
+	f.Add("require POST /transfer/{from}/{to} read:acct:{from} write:acct:{to}")
+	f.Add("public GET /healthz")
+	f.Add("public OPTIONS /{path...}")
+	f.Add("require GET /files/{http.request.uri.path.file} read:files:x")
+	f.Add("require GET /h/{id} read:{http.request.host}:{id}")
+	f.Add("require GET /a/%7B/{x} a:b:{x}}")
+	f.Add("require GET,get /a a:b:c")
+	f.Add("require GET /r/{path...} read:r:{http.request.uri.path}")
+	f.Fuzz(func(t *testing.T, line string) {
+		r, err := ParseRule(strings.Fields(line))
+		if err != nil {
+			if !errors.Is(err, ErrInvalidRule) {
+				t.Fatalf("ParseRule error %v does not wrap ErrInvalidRule", err)
+			}
+			return
+		}
+		// The rendered rule parses back to itself.
+		r2, err := ParseRule(strings.Fields(r.String()))
+		if err != nil || !reflect.DeepEqual(r, r2) {
+			t.Fatalf("round trip of `%s`: %+v, %v", r, r2, err)
+		}
+		// A parsed rule compiles; the same rule twice always conflicts,
+		// and the error names it.
+		m, err := Compile([]Rule{r})
+		if err != nil {
+			t.Fatalf("Compile(`%s`): %v", r, err)
+		}
+		if _, err := Compile([]Rule{r, r}); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), r.String()) {
+			t.Fatalf("duplicate `%s`: %v", r, err)
+		}
+		// Every template is a valid scope for any good values.
+		for _, s := range r.Scopes {
+			if x := refVarRE.ReplaceAllString(s, "x"); !Valid(x) {
+				t.Fatalf("template %q accepted but %q is not a valid scope", s, x)
+			}
+		}
+		// Lookups on the pattern itself (a canonical path when the pattern
+		// has no variables) never panic.
+		_, _, _ = m.Lookup(r.Methods[0], r.Pattern, func(string) (string, bool) { return "v", true })
+	})
+}
+
+func FuzzCanonical(f *testing.F) {
+	for _, p := range []string{
+		"/", "/a/b", "//", "/a/", "/./a", "/a/..", "/%2e%2E", "/.%2e/x", "/a%2Fb", "/a%5cb",
+		"/a\\b", "/a%00", "/a\x00", "/a%", "/a%g0", "/caf%C3%A9", "/%252e%252e", "/a;b=c", "", "a",
+	} {
+		f.Add(p)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		err := CheckCanonical(p)
+		if err != nil && !errors.Is(err, ErrNotCanonical) {
+			t.Fatalf("CheckCanonical(%q) = %v: does not wrap ErrNotCanonical", p, err)
+		}
+		if want := refCanonical(p); (err == nil) != want {
+			t.Fatalf("CheckCanonical(%q) = %v, reference says canonical=%v", p, err, want)
+		}
+		if err != nil {
+			return
+		}
+		if c := path.Clean(p); c != p {
+			t.Fatalf("canonical %q changed by path.Clean: %q", p, c)
+		}
+		if u := strings.ToUpper(p); strings.Contains(u, "%2F") || strings.Contains(u, "%5C") {
+			t.Fatalf("canonical %q contains an encoded separator", p)
+		}
+		d, uerr := url.PathUnescape(p)
+		if uerr != nil || strings.ContainsAny(d, "\\\x00") || strings.ContainsFunc(d, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+			t.Fatalf("canonical %q decodes to %q (%v)", p, d, uerr)
+		}
+	})
+}
+
+// refCanonical is an independent statement of the canonical-path rules.
+func refCanonical(p string) bool {
+	if !strings.HasPrefix(p, "/") {
+		return false
+	}
+	if p == "/" {
+		return true
+	}
+	for _, seg := range strings.Split(p[1:], "/") {
+		d, err := url.PathUnescape(seg)
+		if seg == "" || err != nil || d == "." || d == ".." || strings.ContainsAny(seg+d, "/\\") {
+			return false
+		}
+		for i := 0; i < len(seg+d); i++ {
+			if c := (seg + d)[i]; c < 0x20 || c == 0x7f {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -1,0 +1,468 @@
+package scopemap
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// mustRules parses one rule per line.
+func mustRules(t testing.TB, lines ...string) []Rule {
+	t.Helper()
+	var rules []Rule
+	for _, l := range lines {
+		r, err := ParseRule(strings.Fields(l))
+		require.NoError(t, err, l)
+		rules = append(rules, r)
+	}
+	return rules
+}
+
+type lookupCase struct {
+	method, path string
+	rule         string   // String() of the expected rule; "" = unmapped
+	required     []string // expected Required
+	err          error    // expected sentinel
+}
+
+func runLookup(t *testing.T, lines []string, resolve Resolver, cases []lookupCase) {
+	t.Helper()
+	rules := mustRules(t, lines...)
+	m, err := Compile(rules)
+	require.NoError(t, err)
+	for _, tc := range cases {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			match, found, err := m.Lookup(tc.method, tc.path, resolve)
+			if tc.err != nil {
+				require.ErrorIs(t, err, tc.err)
+				assert.Nil(t, match.Required, "an error never carries scopes")
+			} else {
+				require.NoError(t, err)
+			}
+			if tc.rule == "" {
+				assert.False(t, found)
+				assert.Nil(t, match.Rule)
+				return
+			}
+			require.True(t, found)
+			assert.Equal(t, tc.rule, match.Rule.String())
+			assert.Equal(t, match.Rule.Public, match.Public)
+			if tc.err == nil {
+				assert.Equal(t, tc.required, match.Required)
+				for _, s := range match.Required {
+					assert.True(t, Valid(s), s)
+				}
+			}
+			// The linear reference agrees on the rule.
+			if tc.err == nil || tc.err == ErrBadValue {
+				i, _ := refLookup(rules, tc.method, tc.path)
+				require.GreaterOrEqual(t, i, 0)
+				assert.Equal(t, tc.rule, rules[i].String(), "reference")
+			}
+		})
+	}
+}
+
+func TestLookupPrecedence(t *testing.T) {
+	lines := []string{
+		"require GET /a/b/c lit:lit:lit",
+		"require GET /a/{x}/c lit:param:{x}",
+		"require GET /a/b/{y} lit:lit:{y}",
+		"require GET /a/{x}/{y} x:{x}:{y}",
+		"require GET /a/{rest...} rest:a:{rest}",
+		"require GET /{any...} rest:root:{any}",
+		"require GET /files file:root:x",
+		"require GET /files/{p...} file:rest:{p}",
+		"require GET /m/{x} m:get:{x}",
+		"require * /m/{x} m:any:{x}",
+		"require * /m/lit m:anylit:x",
+		"public GET /",
+	}
+	runLookup(t, lines, nil, []lookupCase{
+		{"GET", "/a/b/c", lines[0], []string{"lit:lit:lit"}, nil},
+		// crossing patterns: the first differing place decides.
+		{"GET", "/a/b/d", lines[2], []string{"lit:lit:d"}, nil},
+		{"GET", "/a/z/c", lines[1], []string{"lit:param:z"}, nil},
+		{"GET", "/a/z/d", lines[3], []string{"x:z:d"}, nil},
+		// {name} beats {name...}; {name...} takes the rest, slashes included.
+		{"GET", "/a/z", lines[4], []string{"rest:a:z"}, nil},
+		{"GET", "/a/z/d/e", lines[4], []string{"rest:a:z/d/e"}, nil},
+		{"GET", "/b/c", lines[5], []string{"rest:root:b/c"}, nil},
+		// an exact end beats a remainder that would be empty.
+		{"GET", "/files", lines[6], []string{"file:root:x"}, nil},
+		{"GET", "/files/x/y", lines[7], []string{"file:rest:x/y"}, nil},
+		// a method list beats "*" on the same shape...
+		{"GET", "/m/1", lines[8], []string{"m:get:1"}, nil},
+		{"POST", "/m/1", lines[9], []string{"m:any:1"}, nil},
+		// ...but the path decides first.
+		{"GET", "/m/lit", lines[10], []string{"m:anylit:x"}, nil},
+		// backtracking: /a/b/c exists for GET only; POST falls to nothing.
+		{"POST", "/a/b/c", "", nil, nil},
+		{"GET", "/", lines[11], nil, nil},
+		// literal segments match the decoded segment: every spelling of a
+		// name the backend decodes alike hits the same rule.
+		{"GET", "/a/%62/%63", lines[0], []string{"lit:lit:lit"}, nil},
+		{"GET", "/%66iles", lines[6], []string{"file:root:x"}, nil},
+		// literals are case-sensitive.
+		{"GET", "/Files", lines[5], []string{"rest:root:Files"}, nil},
+	})
+}
+
+func TestLookupRemainder(t *testing.T) {
+	lines := []string{
+		"require * /reports/{path...} read:reports:*",
+		"require GET /docs/{rest...} read:docs:{rest}",
+		"public OPTIONS /{path...}",
+	}
+	runLookup(t, lines, nil, []lookupCase{
+		{"GET", "/reports", lines[0], []string{"read:reports:*"}, nil},
+		{"DELETE", "/reports/2024/q1", lines[0], []string{"read:reports:*"}, nil},
+		{"GET", "/docs/a/b%20c", lines[1], []string{"read:docs:a/b c"}, nil},
+		// the rest is empty: the value is empty, deny.
+		{"GET", "/docs", lines[1], nil, ErrBadValue},
+		{"OPTIONS", "/", lines[2], nil, nil},
+		{"OPTIONS", "/x/y/z", lines[2], nil, nil},
+		{"GET", "/x", "", nil, nil},
+		// not canonical: never matched.
+		{"GET", "/reports/", "", nil, ErrNotCanonical},
+		{"GET", "/reports/../admin", "", nil, ErrNotCanonical},
+	})
+}
+
+func TestLookupMethods(t *testing.T) {
+	lines := []string{
+		"require GET /a/{x} read:a:{x}",
+		"require HEAD /b/{x} head:b:{x}",
+		"require GET /b/{x} read:b:{x}",
+		"public * /c/{x}",
+		"require GET,POST /c/{x} rw:c:{x}",
+		"require * /d d:any:x",
+		"require GET /d d:get:x",
+		"require PURGE /e e:purge:x",
+	}
+	runLookup(t, lines, nil, []lookupCase{
+		{"GET", "/a/1", lines[0], []string{"read:a:1"}, nil},
+		{"HEAD", "/a/1", lines[0], []string{"read:a:1"}, nil}, // GET serves HEAD
+		{"POST", "/a/1", "", nil, nil},
+		{"get", "/a/1", "", nil, nil},                         // methods are case-sensitive
+		{"HEAD", "/b/1", lines[1], []string{"head:b:1"}, nil}, // unless a HEAD rule exists
+		{"GET", "/b/1", lines[2], []string{"read:b:1"}, nil},
+		{"GET", "/c/1", lines[4], []string{"rw:c:1"}, nil},
+		{"HEAD", "/c/1", lines[4], []string{"rw:c:1"}, nil}, // HEAD via GET beats "*"
+		{"DELETE", "/c/1", lines[3], nil, nil},
+		{"HEAD", "/d", lines[6], []string{"d:get:x"}, nil},
+		{"OPTIONS", "/d", lines[5], []string{"d:any:x"}, nil},
+		{"PURGE", "/e", lines[7], []string{"e:purge:x"}, nil},
+		{"HEAD", "/e", "", nil, nil},
+	})
+}
+
+func TestLookupTemplates(t *testing.T) {
+	lines := []string{
+		"require POST /transfer/{from}/{to} read:acct:{from} write:acct:{to} audit:transfer:{from}-{to}",
+		"require GET /t/{tenant}/orders/{id} read:orders:{tenant}/{id} read:tenant:{tenant}",
+		"require GET /host/{id} read:{http.request.host}:{id}",
+		"require GET /hdr hdr:x:{http.request.header.X-Team}",
+		"require GET /missing m:x:{http.vars.nope}",
+		"require GET /ident/{id} read:data:a:{id}",
+		"require GET /star/{id} read:star:{id}",
+	}
+	resolve := func(name string) (string, bool) {
+		switch name {
+		case "http.request.host":
+			return "api.example.com", true
+		case "http.request.header.X-Team":
+			return "blue", true
+		}
+		return "", false
+	}
+	runLookup(t, lines, resolve, []lookupCase{
+		{"POST", "/transfer/alice/bob", lines[0], []string{"read:acct:alice", "write:acct:bob", "audit:transfer:alice-bob"}, nil},
+		{"GET", "/t/acme/orders/7", lines[1], []string{"read:orders:acme/7", "read:tenant:acme"}, nil},
+		{"GET", "/host/9", lines[2], []string{"read:api.example.com:9"}, nil},
+		{"GET", "/hdr", lines[3], []string{"hdr:x:blue"}, nil},
+		{"GET", "/missing", lines[4], nil, ErrBadValue},
+		// identifiers may contain ':' in the template's own text.
+		{"GET", "/ident/7", lines[5], []string{"read:data:a:7"}, nil},
+		// '*' as a value is a literal identifier: only a granted '*' covers it.
+		{"GET", "/star/*", lines[6], []string{"read:star:*"}, nil},
+		{"GET", "/star/%2A", lines[6], []string{"read:star:*"}, nil},
+		{"GET", "/star/caf%C3%A9", lines[6], []string{"read:star:café"}, nil},
+	})
+
+	// A nil resolver never widens: placeholders are unset, so deny.
+	m, err := Compile(mustRules(t, lines...))
+	require.NoError(t, err)
+	_, found, err := m.Lookup("GET", "/host/9", nil)
+	assert.True(t, found)
+	assert.ErrorIs(t, err, ErrBadValue)
+}
+
+func TestLookupBadValues(t *testing.T) {
+	lines := []string{
+		"require GET /o/{id} read:orders:{id}",
+		"require GET /p/{id} read:{id}:x",
+		"require GET /r/{rest...} read:files:{rest}",
+		"require GET /h h:x:{http.x.v}",
+		"public GET /o/{id}/public",
+	}
+	var phValue string
+	resolve := func(string) (string, bool) { return phValue, true }
+	cases := []struct{ path, ph string }{
+		{"/o/a%3Ab", ""},   // encoded ':'
+		{"/o/a:b", ""},     // raw ':'
+		{"/p/a%3ab", ""},   // ':' in the resource part
+		{"/o/%FF", ""},     // invalid UTF-8
+		{"/o/%C2%85", ""},  // C1 control (NEL)
+		{"/o/%C0%AF", ""},  // overlong encoding
+		{"/r/a/b%3Ac", ""}, // ':' in a remainder
+		{"/r", ""},         // empty remainder
+		{"/h", ""},         // empty placeholder
+		{"/h", "a:b"},      // ':' in a placeholder
+		{"/h", "a\nb"},     // control in a placeholder
+		{"/h", "a\x00"},    // NUL in a placeholder
+		{"/h", "\xff"},     // invalid UTF-8 in a placeholder
+		{"/h", "a\u0085b"}, // C1 control in a placeholder
+	}
+	m, err := Compile(mustRules(t, lines...))
+	require.NoError(t, err)
+	for _, tc := range cases {
+		phValue = tc.ph
+		match, found, err := m.Lookup("GET", tc.path, resolve)
+		assert.True(t, found, "%s %q", tc.path, tc.ph)
+		assert.ErrorIs(t, err, ErrBadValue, "%s %q", tc.path, tc.ph)
+		assert.Nil(t, match.Required, "%s %q", tc.path, tc.ph)
+		assert.NotNil(t, match.Rule)
+	}
+	// Control bytes in the path are refused before matching (400, not 403).
+	for _, p := range []string{"/o/%00", "/o/a%0Ab", "/o/%7f", "/o/a\x01"} {
+		_, found, err := m.Lookup("GET", p, resolve)
+		assert.False(t, found, p)
+		assert.ErrorIs(t, err, ErrNotCanonical, p)
+	}
+	// A bad value never falls through to a wider rule.
+	m2, err := Compile(mustRules(t,
+		"require GET /o/{id} read:orders:{id}",
+		"public GET /{any...}",
+	))
+	require.NoError(t, err)
+	match, found, err := m2.Lookup("GET", "/o/a%3Ab", nil)
+	assert.True(t, found)
+	assert.ErrorIs(t, err, ErrBadValue)
+	assert.False(t, match.Public)
+}
+
+func TestCompileConflicts(t *testing.T) {
+	tests := []struct {
+		a, b string
+	}{
+		{"require GET /a/{x} r:a:{x}", "public GET /a/{y}"},
+		{"require GET,POST /a/b r:a:b", "require PUT,POST /a/b w:a:b"},
+		{"require * /a/{x...} r:a:x", "public * /a/{rest...}"},
+		{"public GET /", "public GET,HEAD /"},
+		{"require GET /a/%62 r:a:b", "require GET /a/b r:a:c"}, // same decoded literal
+		{"require HEAD /h r:h:x", "require HEAD /h r:h:y"},
+	}
+	for _, tc := range tests {
+		_, err := Compile(mustRules(t, tc.a, tc.b))
+		require.ErrorIs(t, err, ErrConflict, "%s / %s", tc.a, tc.b)
+		assert.Contains(t, err.Error(), tc.a)
+		assert.Contains(t, err.Error(), tc.b)
+	}
+
+	// Not conflicts: one is more specific, or the methods are disjoint.
+	ok := [][]string{
+		{"require GET /a/{x}/b r:a:{x}", "require GET /a/b/{y} r:b:{y}"},
+		{"require GET /a/{x} r:a:{x}", "require * /a/{y} w:a:{y}"},
+		{"require GET /a/{x} r:a:{x}", "require POST /a/{y} w:a:{y}"},
+		{"require GET /a/{x} r:a:{x}", "require GET /a/{y...} w:a:x"},
+		{"require GET /a r:a:x", "require GET /a/{y...} w:a:x"},
+		{"require GET /a/{x} r:a:{x}", "require HEAD /a/{y} h:a:{y}"},
+		{"require GET /a/{x} r:a:{x}", "require * /a/b w:a:b"},
+	}
+	for _, pair := range ok {
+		_, err := Compile(mustRules(t, pair...))
+		assert.NoError(t, err, "%v", pair)
+	}
+}
+
+func TestCompileInvalid(t *testing.T) {
+	tests := []struct {
+		name string
+		rule Rule
+		msg  string
+	}{
+		{"no methods", Rule{Pattern: "/a", Scopes: []string{"a:b:c"}}, "no methods"},
+		{"empty method", Rule{Methods: []string{"GET", ""}, Pattern: "/a", Scopes: []string{"a:b:c"}}, "empty method"},
+		{"lower-case", Rule{Methods: []string{"get"}, Pattern: "/a", Scopes: []string{"a:b:c"}}, "upper-case"},
+		{"star in list", Rule{Methods: []string{"GET", "*"}, Pattern: "/a", Scopes: []string{"a:b:c"}}, "stand alone"},
+		{"dup method", Rule{Methods: []string{"GET", "GET"}, Pattern: "/a", Scopes: []string{"a:b:c"}}, "twice"},
+		{"public with scopes", Rule{Public: true, Methods: []string{"GET"}, Pattern: "/a", Scopes: []string{"a:b:c"}}, "no scopes"},
+		{"require without scopes", Rule{Methods: []string{"GET"}, Pattern: "/a"}, "at least one scope"},
+		{"relative pattern", Rule{Methods: []string{"GET"}, Pattern: "a", Scopes: []string{"a:b:c"}}, "start with '/'"},
+		{"empty segment", Rule{Methods: []string{"GET"}, Pattern: "/a//b", Scopes: []string{"a:b:c"}}, "empty segment"},
+		{"trailing slash", Rule{Methods: []string{"GET"}, Pattern: "/a/", Scopes: []string{"a:b:c"}}, "empty segment"},
+		{"dot segment", Rule{Methods: []string{"GET"}, Pattern: "/a/../b", Scopes: []string{"a:b:c"}}, "never match"},
+		{"encoded slash", Rule{Methods: []string{"GET"}, Pattern: "/a%2Fb", Scopes: []string{"a:b:c"}}, "never match"},
+		{"query", Rule{Methods: []string{"GET"}, Pattern: "/a?b=c", Scopes: []string{"a:b:c"}}, "path only"},
+		{"glob", Rule{Methods: []string{"GET"}, Pattern: "/a/*", Scopes: []string{"a:b:c"}}, "not a wildcard"},
+		{"partial var", Rule{Methods: []string{"GET"}, Pattern: "/a/{id}.json", Scopes: []string{"a:b:c"}}, "whole segment"},
+		{"rest not final", Rule{Methods: []string{"GET"}, Pattern: "/a/{r...}/b", Scopes: []string{"a:b:c"}}, "final segment"},
+		{"bad name", Rule{Methods: []string{"GET"}, Pattern: "/a/{1x}", Scopes: []string{"a:b:c"}}, "not an identifier"},
+		{"empty name", Rule{Methods: []string{"GET"}, Pattern: "/a/{}", Scopes: []string{"a:b:c"}}, "not an identifier"},
+		{"dup name", Rule{Methods: []string{"GET"}, Pattern: "/a/{x}/{x}", Scopes: []string{"a:b:c"}}, "twice"},
+		{"unknown var", Rule{Methods: []string{"GET"}, Pattern: "/a/{x}", Scopes: []string{"a:b:{y}"}}, "unknown variable {y}"},
+		{"bad template", Rule{Methods: []string{"GET"}, Pattern: "/a/{x}", Scopes: []string{"a:{x}"}}, "not action:resource:identifier"},
+		{"empty action", Rule{Methods: []string{"GET"}, Pattern: "/a/{x}", Scopes: []string{":b:{x}"}}, "not action:resource:identifier"},
+		{"unbalanced", Rule{Methods: []string{"GET"}, Pattern: "/a/{x}", Scopes: []string{"a:b:{x"}}, "unmatched '{'"},
+		{"unbalanced close", Rule{Methods: []string{"GET"}, Pattern: "/a/{x}", Scopes: []string{"a:b:x}"}}, "unmatched '}'"},
+		{"rest in template", Rule{Methods: []string{"GET"}, Pattern: "/a/{x...}", Scopes: []string{"a:b:{x...}"}}, "without '...'"},
+		{"space in template", Rule{Methods: []string{"GET"}, Pattern: "/a", Scopes: []string{"a:b:c d"}}, "contains"},
+		{"bad placeholder", Rule{Methods: []string{"GET"}, Pattern: "/a", Scopes: []string{"a:b:{.x}"}}, "malformed placeholder"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Compile([]Rule{{Public: true, Methods: []string{"GET"}, Pattern: "/ok"}, tc.rule})
+			require.ErrorIs(t, err, ErrInvalidRule)
+			assert.Contains(t, err.Error(), tc.msg)
+			assert.Contains(t, err.Error(), "rule #2")
+			assert.Contains(t, err.Error(), tc.rule.String(), "the error names the rule")
+		})
+	}
+}
+
+func TestCaddyShorthandCollisions(t *testing.T) {
+	// What Caddy hands us after rewriting shorthands in the tokens.
+	tests := []struct{ pattern, shorthand string }{
+		{"/files/{http.request.uri.path.file}", "{file}"},
+		{"/d/{http.request.uri.path.dir}", "{dir}"},
+		{"/h/{http.request.host}", "{host}"},
+		{"/p/{http.request.uri.path}", "{path}"},
+		{"/p/{http.request.uri.path.0}", "{path.0}"},
+		{"/p/{http.request.header.X-Id}", "{header.X-Id}"},
+		{"/p/{http.request.host.labels.1}", "{labels.1}"},
+		{"/p/{http.request.uri.query.q}", "{query.q}"},
+		{"/p/{http.request.cookie.c}", "{cookie.c}"},
+		{"/p/{http.regexp.name.1}", "{re.name.1}"},
+		{"/p/{http.regexp...}", "{re...}"},
+		{"/p/{http.vars.v}", "{vars.v}"},
+		{"/p/{http.vars.client_ip}", "{client_ip}"},
+		{"/p/{http.request.tls.client.subject}", "{tls_client_subject}"},
+		{"/p/{http.reverse_proxy.upstream.hostport}", "{upstream_hostport}"},
+		{"/p/{http.request.uri.path.file.base}", "{file.base}"},
+		{"/p/{http.matchers.file.type}", "{file_match.type}"},
+		{"/p/{http.error.status_code}", "{err.status_code}"},
+		{"/p/{http.request.orig_uri.prefixed_query}", "{orig_?query}"},
+	}
+	for _, tc := range tests {
+		_, err := ParseRule([]string{"require", "GET", tc.pattern, "a:b:c"})
+		require.ErrorIs(t, err, ErrInvalidRule, tc.pattern)
+		assert.Contains(t, err.Error(), "Caddy's "+tc.shorthand+" shorthand", tc.pattern)
+		assert.Contains(t, err.Error(), "{rest...}")
+	}
+	// A dotted name that is no shorthand is still refused, without guessing.
+	_, err := ParseRule([]string{"public", "GET", "/p/{a.b}"})
+	require.ErrorIs(t, err, ErrInvalidRule)
+	assert.Contains(t, err.Error(), "cannot contain '.'")
+
+	// {path...} survives Caddy's rewriting, but {path} in a template does
+	// not: it would silently be the whole request path. Refuse.
+	_, err = ParseRule([]string{"require", "GET", "/r/{path...}", "read:r:{http.request.uri.path}"})
+	require.ErrorIs(t, err, ErrInvalidRule)
+	assert.Contains(t, err.Error(), "Caddy's {path} shorthand")
+	// With no such variable, the placeholder is meant and is fine.
+	_, err = ParseRule([]string{"require", "GET", "/r/{rest...}", "read:r:{http.request.uri.path}"})
+	require.NoError(t, err)
+}
+
+func TestParseRule(t *testing.T) {
+	r, err := ParseRule([]string{"require", "GET,PUT", "/orders/{id}", "read:orders:{id}", "audit:orders:*"})
+	require.NoError(t, err)
+	assert.Equal(t, Rule{Methods: []string{"GET", "PUT"}, Pattern: "/orders/{id}", Scopes: []string{"read:orders:{id}", "audit:orders:*"}}, r)
+	assert.Equal(t, "require GET,PUT /orders/{id} read:orders:{id} audit:orders:*", r.String())
+
+	r, err = ParseRule([]string{"public", "*", "/healthz"})
+	require.NoError(t, err)
+	assert.Equal(t, Rule{Public: true, Methods: []string{"*"}, Pattern: "/healthz"}, r)
+	assert.Equal(t, "public * /healthz", r.String())
+
+	for _, args := range [][]string{
+		nil,
+		{"require"},
+		{"require", "GET", "/a"},
+		{"public", "GET", "/a", "a:b:c"},
+		{"allow", "GET", "/a"},
+		{"Require", "GET", "/a", "a:b:c"},
+		{"require", "GET,", "/a", "a:b:c"},
+		{"require", ",GET", "/a", "a:b:c"},
+		{"require", "GET", "/a", "a:b"},
+	} {
+		_, err := ParseRule(args)
+		assert.ErrorIs(t, err, ErrInvalidRule, "%q", args)
+	}
+}
+
+func TestCompileCopiesRules(t *testing.T) {
+	rules := mustRules(t, "require GET /a/{x} r:a:{x}")
+	m, err := Compile(rules)
+	require.NoError(t, err)
+	rules[0].Methods[0] = "POST"
+	rules[0].Scopes[0] = "w:a:{x}"
+	match, found, err := m.Lookup("GET", "/a/1", nil)
+	require.NoError(t, err)
+	require.True(t, found)
+	assert.Equal(t, []string{"r:a:1"}, match.Required)
+	assert.Equal(t, "require GET /a/{x} r:a:{x}", match.Rule.String())
+}
+
+func TestLookupEmptyAndManyVars(t *testing.T) {
+	var m *Map
+	_, found, err := m.Lookup("GET", "/", nil)
+	assert.False(t, found)
+	assert.NoError(t, err)
+
+	m, err = Compile(nil)
+	require.NoError(t, err)
+	_, found, err = m.Lookup("GET", "/a", nil)
+	assert.False(t, found)
+	assert.NoError(t, err)
+
+	// More variables than the on-stack buffer holds.
+	var pat, tpl, path strings.Builder
+	for i := range 20 {
+		pat.WriteString("/{v" + string(rune('a'+i)) + "}")
+		tpl.WriteString("{v" + string(rune('a'+i)) + "}")
+		path.WriteString("/" + string(rune('a'+i)))
+	}
+	m, err = Compile([]Rule{{Methods: []string{"GET"}, Pattern: pat.String(), Scopes: []string{"r:x:" + tpl.String()}}})
+	require.NoError(t, err)
+	match, found, err := m.Lookup("GET", path.String(), nil)
+	require.NoError(t, err)
+	require.True(t, found)
+	assert.Equal(t, []string{"r:x:abcdefghijklmnopqrst"}, match.Required)
+}
+
+func TestLookupLongEncodedLiteral(t *testing.T) {
+	long := strings.Repeat("a", 100)
+	m, err := Compile(mustRules(t, "require GET /"+long+" r:long:x", "public GET /{x}"))
+	require.NoError(t, err)
+	match, found, err := m.Lookup("GET", "/%61"+long[1:], nil)
+	require.NoError(t, err)
+	require.True(t, found)
+	assert.Equal(t, []string{"r:long:x"}, match.Required)
+}
+
+func TestStaticRequiredAllocatesNothing(t *testing.T) {
+	m, err := Compile(mustRules(t, "require GET /s/{x} r:s:* w:s:*", "public GET /p/{x}"))
+	require.NoError(t, err)
+	for _, p := range []string{"/s/1", "/p/1"} {
+		allocs := testing.AllocsPerRun(100, func() {
+			_, _, _ = m.Lookup("GET", p, nil)
+		})
+		assert.Zero(t, allocs, p)
+	}
+	allocs := testing.AllocsPerRun(100, func() { _ = CheckCanonical("/a/b%20c/d") })
+	assert.Zero(t, allocs)
+}
