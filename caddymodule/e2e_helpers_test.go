@@ -125,7 +125,12 @@ http://127.0.0.1:%d {
 	agentwrit {
 %s
 	}
-	reverse_proxy %s
+	reverse_proxy %s {
+		header_up X-Placeholder-User {http.auth.user.id}
+		header_up X-Placeholder-Required {agentwrit.required_scope}
+		header_up X-Placeholder-Depth {agentwrit.delegation_depth}
+		header_up X-Placeholder-Jti {agentwrit.jti}
+	}
 }
 http://127.0.0.1:%d {
 	metrics
@@ -148,36 +153,51 @@ func (e *env) start(gateway string) {
 	require.NoError(e.t, e.load(e.caddyfile(gateway)))
 }
 
-func (e *env) brokerURL(path string) string  { return fmt.Sprintf("http://127.0.0.1:%d%s", e.brokerPort, path) }
-func (e *env) gatewayURL(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", e.gatewayPort, path) }
+func (e *env) brokerURL(path string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%s", e.brokerPort, path)
+}
+func (e *env) gatewayURL(path string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%s", e.gatewayPort, path)
+}
 
 // client opens a connection per request: reloads close idle keep-alive
 // connections, and a request racing that close would fail in the client.
 var client = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
 
-// call sends a JSON request and decodes a JSON answer (if any).
+// call sends a JSON request and decodes a JSON answer (if any). A request
+// that fails below HTTP (a connection reset while a reload swaps servers)
+// is retried a few times; any HTTP answer is returned as it is.
 func call(t testing.TB, method, url, bearer string, body any) (*http.Response, map[string]any) {
 	t.Helper()
-	var rd io.Reader
+	var raw []byte
 	if body != nil {
-		b, err := json.Marshal(body)
+		var err error
+		raw, err = json.Marshal(body)
 		require.NoError(t, err)
-		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequest(method, url, rd)
-	require.NoError(t, err)
-	if bearer != "" {
-		req.Header.Set("Authorization", "Bearer "+bearer)
+	var resp *http.Response
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var req *http.Request
+		req, err = http.NewRequest(method, url, bytes.NewReader(raw))
+		require.NoError(t, err)
+		if bearer != "" {
+			req.Header.Set("Authorization", "Bearer "+bearer)
+		}
+		if resp, err = client.Do(req); err == nil {
+			break
+		}
+		t.Logf("retrying %s %s after transport error: %v", method, url, err)
+		time.Sleep(50 * time.Millisecond)
 	}
-	resp, err := client.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
+	out, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
 	var m map[string]any
-	_ = json.Unmarshal(raw, &m)
+	_ = json.Unmarshal(out, &m)
 	if m == nil {
-		m = map[string]any{"_raw": string(raw)}
+		m = map[string]any{"_raw": string(out)}
 	}
 	return resp, m
 }

@@ -102,6 +102,10 @@ func TestEnforcementTable(t *testing.T) {
 		require.Equal(t, "read:orders:42 read:acct:a write:acct:b", e.backend.header("X-AgentWrit-Scope"))
 		require.Regexp(t, `^[0-9a-f]{32}$`, e.backend.header("X-AgentWrit-JTI"))
 		require.Equal(t, "Bearer "+tok, e.backend.header("Authorization"), "forward_token defaults to on")
+		require.Equal(t, agentID, e.backend.header("X-Placeholder-User"))
+		require.Equal(t, "read:orders:42", e.backend.header("X-Placeholder-Required"))
+		require.Equal(t, "0", e.backend.header("X-Placeholder-Depth"))
+		require.Equal(t, e.backend.header("X-AgentWrit-JTI"), e.backend.header("X-Placeholder-Jti"))
 	})
 	t.Run("spoofed headers are removed on denied-but-reported and public requests too", func(t *testing.T) {
 		req, _ := http.NewRequest("GET", e.gatewayURL("/healthz"), nil)

@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -38,7 +39,17 @@ const (
 	HeaderJTI     = "X-AgentWrit-JTI"
 )
 
-var identityHeaders = []string{HeaderAgentID, HeaderTaskID, HeaderOrchID, HeaderScope, HeaderJTI}
+// Canonical forms, so that direct map writes (no per-request
+// canonicalization) and the client-side deletes agree on the key.
+var (
+	keyAgentID = http.CanonicalHeaderKey(HeaderAgentID)
+	keyTaskID  = http.CanonicalHeaderKey(HeaderTaskID)
+	keyOrchID  = http.CanonicalHeaderKey(HeaderOrchID)
+	keyScope   = http.CanonicalHeaderKey(HeaderScope)
+	keyJTI     = http.CanonicalHeaderKey(HeaderJTI)
+
+	identityHeaders = []string{keyAgentID, keyTaskID, keyOrchID, keyScope, keyJTI}
+)
 
 // Values of Handler.Unmapped and Handler.Mode.
 const (
@@ -71,6 +82,8 @@ type Handler struct {
 	broker    *broker.Broker // embedded broker, for the audit chain
 	audience  string
 	metrics   *gatewayMetrics
+	allowed   prometheus.Counter // hot-path counters, resolved once
+	public    prometheus.Counter
 	logger    *zap.Logger
 }
 
@@ -96,6 +109,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.metrics, err = newGatewayMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("agentwrit: metrics: %w", err)
 	}
+	h.allowed = h.metrics.decisions.WithLabelValues("allow", "ok")
+	h.public = h.metrics.decisions.WithLabelValues("allow", "public")
 	app, err := ctx.AppIfConfigured("agentwrit")
 	if errors.Is(err, caddy.ErrNotConfigured) {
 		return errors.New("agentwrit: no broker: add the agentwrit global option to run the embedded broker")
@@ -167,7 +182,7 @@ const realm = `Bearer realm="agentwrit"`
 // ServeHTTP enforces: canonical path → rule → token → validate → scope → act.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	for _, k := range identityHeaders {
-		r.Header.Del(k)
+		delete(r.Header, k)
 	}
 	raw := r.URL.EscapedPath()
 	if err := scopemap.CheckCanonical(raw); err != nil {
@@ -177,7 +192,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	m, found, lookupErr := h.routes.Lookup(r.Method, raw, repl.GetString)
 	if found && m.Public {
-		h.count("allow", "public")
+		h.public.Inc()
 		return next.ServeHTTP(w, r)
 	}
 	if !found && lookupErr == nil && h.Unmapped != UnmappedAuthenticated {
@@ -221,30 +236,49 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 	h.allow(r, repl, c, m.Required)
-	h.count("allow", "ok")
+	h.allowed.Inc()
 	return next.ServeHTTP(w, r)
 }
 
 // allow hands the agent's identity to the backend and to Caddy's logs.
+// One replacer provider serves every placeholder lazily, and the five
+// header values share one backing array: the allowed path is hot.
 func (h *Handler) allow(r *http.Request, repl *caddy.Replacer, c *broker.Claims, required []string) {
-	scope := strings.Join(c.Scope, " ")
+	scope := joinScopes(c.Scope)
+	vals := [...]string{c.Sub, c.TaskID, c.OrchID, scope, c.Jti}
+	hv := vals[:]
 	hd := r.Header
-	hd[HeaderAgentID] = []string{c.Sub}
-	hd[HeaderTaskID] = []string{c.TaskID}
-	hd[HeaderOrchID] = []string{c.OrchID}
-	hd[HeaderScope] = []string{scope}
-	hd[HeaderJTI] = []string{c.Jti}
+	hd[keyAgentID], hd[keyTaskID], hd[keyOrchID], hd[keyScope], hd[keyJTI] = hv[0:1:1], hv[1:2:2], hv[2:3:3], hv[3:4:4], hv[4:5:5]
 	if h.ForwardToken != nil && !*h.ForwardToken {
-		hd.Del("Authorization")
+		delete(hd, "Authorization")
 	}
-	repl.Set("http.auth.user.id", c.Sub)
-	repl.Set("agentwrit.agent_id", c.Sub)
-	repl.Set("agentwrit.task_id", c.TaskID)
-	repl.Set("agentwrit.orch_id", c.OrchID)
-	repl.Set("agentwrit.jti", c.Jti)
-	repl.Set("agentwrit.scope", scope)
-	repl.Set("agentwrit.required_scope", strings.Join(required, " "))
-	repl.Set("agentwrit.delegation_depth", strconv.Itoa(len(c.DelegationChain)))
+	repl.Map(func(key string) (any, bool) {
+		switch key {
+		case "http.auth.user.id", "agentwrit.agent_id":
+			return c.Sub, true
+		case "agentwrit.task_id":
+			return c.TaskID, true
+		case "agentwrit.orch_id":
+			return c.OrchID, true
+		case "agentwrit.jti":
+			return c.Jti, true
+		case "agentwrit.scope":
+			return scope, true
+		case "agentwrit.required_scope":
+			return joinScopes(required), true
+		case "agentwrit.delegation_depth":
+			return strconv.Itoa(len(c.DelegationChain)), true
+		}
+		return nil, false
+	})
+}
+
+// joinScopes is strings.Join(s, " ") without an allocation for one scope.
+func joinScopes(s []string) string {
+	if len(s) == 1 {
+		return s[0]
+	}
+	return strings.Join(s, " ")
 }
 
 func (h *Handler) count(result, reason string) {
