@@ -1,0 +1,254 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The test binary doubles as caddy-agentwrit: run with this variable set it
+// is the real main, so the tests start the product exactly as a user does.
+const beMain = "CADDY_AGENTWRIT_TEST_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(beMain) == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// product runs the product with args and the given extra environment, with
+// its data and config directories inside t's temp dir.
+func product(t *testing.T, env []string, args ...string) *exec.Cmd {
+	t.Helper()
+	home := t.TempDir()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), beMain+"=1", "HOME="+home,
+		"XDG_DATA_HOME="+filepath.Join(home, "data"), "XDG_CONFIG_HOME="+filepath.Join(home, "config"))
+	cmd.Env = append(cmd.Env, env...)
+	return cmd
+}
+
+// waitHealthy polls url until it answers 200 or the deadline passes.
+func waitHealthy(t *testing.T, url string, out *bytes.Buffer) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s never became healthy; output:\n%s", url, out.String())
+}
+
+// TestExampleCaddyfile runs the README's quick start: the example config
+// with only AGENTWRIT_ADMIN_SECRET set, then the Go client of the README.
+func TestExampleCaddyfile(t *testing.T) {
+	var out bytes.Buffer
+	cmd := product(t, []string{"AGENTWRIT_ADMIN_SECRET=quickstart-secret"}, "run", "--config", "../../examples/Caddyfile")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+		}
+	})
+	waitHealthy(t, "http://127.0.0.1:8080/v1/health", &out)
+
+	token, body, status, err := quickstart("http://localhost:8080", "http://localhost:8081", "quickstart-secret")
+	if err != nil {
+		t.Fatalf("quick start: %v\n%s", err, out.String())
+	}
+	if status != http.StatusOK || !strings.Contains(body, "spiffe://agentwrit.local/agent/demo-orch/demo-task/") {
+		t.Fatalf("GET /orders/42 = %d %q", status, body)
+	}
+	resp, err := http.Get("http://localhost:8081/orders/42")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("no token: got %d, want 401", resp.StatusCode)
+	}
+	// The README's curl lines, run as written.
+	if _, err := exec.LookPath("curl"); err == nil {
+		sh := exec.Command("bash", "-euo", "pipefail", "-c", readmeBlock(t, "<!-- curl-quickstart -->"))
+		sh.Env = append(os.Environ(), "TOKEN="+token)
+		got, err := sh.CombinedOutput()
+		if err != nil {
+			t.Fatalf("README curl lines: %v\n%s", err, got)
+		}
+		for _, want := range []string{"hello spiffe://", "insufficient_scope", `"valid":true`, `"kty":"OKP"`, "token verification failed"} {
+			if !strings.Contains(string(got), want) {
+				t.Errorf("README curl output lacks %q:\n%s", want, got)
+			}
+		}
+	} else {
+		t.Log("curl not found: the README's curl lines were not exercised")
+	}
+	if python, err := exec.LookPath("python3"); err == nil && exec.Command(python, "-c", "import requests, cryptography").Run() == nil {
+		py := exec.Command(python, "../../examples/quickstart.py")
+		py.Env = append(os.Environ(), "AGENTWRIT_ADMIN_SECRET=quickstart-secret")
+		got, err := py.CombinedOutput()
+		if err != nil || !strings.Contains(string(got), "hello spiffe://") || !strings.Contains(string(got), "403") {
+			t.Fatalf("python quick start: %v\n%s", err, got)
+		}
+	} else {
+		t.Log("python3 with requests and cryptography not found: the Python client was not exercised")
+	}
+}
+
+// TestMissingAdminSecret: no default secret, ever; the load error says why.
+func TestMissingAdminSecret(t *testing.T) {
+	cmd := product(t, []string{"AGENTWRIT_ADMIN_SECRET="}, "run", "--config", "../../examples/Caddyfile")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd = exec.CommandContext(ctx, cmd.Path, cmd.Args[1:]...)
+	cmd.Env = append(os.Environ(), beMain+"=1", "AGENTWRIT_ADMIN_SECRET=", "HOME="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("started without an admin secret:\n%s", out)
+	}
+	if !strings.Contains(string(out), "admin_secret") {
+		t.Fatalf("error does not name admin_secret:\n%s", out)
+	}
+}
+
+// quickstart is the README's Go client, verbatim between the markers.
+// README-GO-BEGIN
+func quickstart(broker, gateway, adminSecret string) (token, body string, status int, err error) {
+	post := func(url, bearer string, in, out any) error {
+		b, _ := json.Marshal(in)
+		req, _ := http.NewRequest("POST", url, bytes.NewReader(b))
+		if bearer != "" {
+			req.Header.Set("Authorization", "Bearer "+bearer)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode >= 300 {
+			msg, _ := io.ReadAll(resp.Body)
+			return fmt.Errorf("%s: %s", url, msg)
+		}
+		return json.NewDecoder(resp.Body).Decode(out)
+	}
+	// Operator: an admin token, then a launch token allowing read:orders:*.
+	var admin struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := post(broker+"/v1/admin/auth", "", map[string]string{"secret": adminSecret}, &admin); err != nil {
+		return "", "", 0, err
+	}
+	var launch struct {
+		LaunchToken string `json:"launch_token"`
+	}
+	if err := post(broker+"/v1/admin/launch-tokens", admin.AccessToken, map[string]any{
+		"agent_name": "demo", "allowed_scope": []string{"read:orders:*"}, "max_ttl": 600,
+	}, &launch); err != nil {
+		return "", "", 0, err
+	}
+	// Agent: a key pair, a nonce, a signature over the nonce's bytes, register.
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	resp, err := http.Get(broker + "/v1/challenge")
+	if err != nil {
+		return "", "", 0, err
+	}
+	var ch struct {
+		Nonce string `json:"nonce"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&ch)
+	resp.Body.Close()
+	if err != nil {
+		return "", "", 0, err
+	}
+	nonce, _ := hex.DecodeString(ch.Nonce)
+	var reg struct {
+		AgentID     string `json:"agent_id"`
+		AccessToken string `json:"access_token"`
+	}
+	if err := post(broker+"/v1/register", "", map[string]any{
+		"launch_token": launch.LaunchToken, "nonce": ch.Nonce,
+		"public_key": base64.StdEncoding.EncodeToString(pub),
+		"signature":  base64.StdEncoding.EncodeToString(ed25519.Sign(priv, nonce)),
+		"orch_id":    "demo-orch", "task_id": "demo-task", "requested_scope": []string{"read:orders:42"},
+	}, &reg); err != nil {
+		return "", "", 0, err
+	}
+	// Call the protected backend through the gateway.
+	req, _ := http.NewRequest("GET", gateway+"/orders/42", nil)
+	req.Header.Set("Authorization", "Bearer "+reg.AccessToken)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		return "", "", 0, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return reg.AccessToken, string(b), resp.StatusCode, nil
+}
+
+// README-GO-END
+
+// readmeBlock returns the fenced code block that follows marker in README.md.
+func readmeBlock(t *testing.T, marker string) string {
+	t.Helper()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(readme), marker)
+	if !ok {
+		t.Fatalf("README.md has no %s", marker)
+	}
+	_, after, _ = strings.Cut(after, "```")
+	_, body, _ := strings.Cut(after, "\n")
+	body, _, _ = strings.Cut(body, "```")
+	return body
+}
+
+// TestReadmeSnippetsAreTested keeps the README's clients identical to the
+// code TestExampleCaddyfile runs.
+func TestReadmeSnippetsAreTested(t *testing.T) {
+	src, err := os.ReadFile("main_test.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, goSnippet, _ := strings.Cut(string(src), "// README-GO-BEGIN\n")
+	goSnippet, _, _ = strings.Cut(goSnippet, "\n// README-GO-END")
+	if got := readmeBlock(t, "<!-- go-quickstart -->"); strings.TrimSpace(got) != strings.TrimSpace(goSnippet) {
+		t.Errorf("README Go snippet differs from quickstart() in main_test.go")
+	}
+	py, err := os.ReadFile("../../examples/quickstart.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readmeBlock(t, "<!-- python-quickstart -->"); got != string(py) {
+		t.Errorf("README Python snippet differs from examples/quickstart.py")
+	}
+}
