@@ -141,12 +141,11 @@ func sanitizeDetail(d string) string {
 	if !hasPII(d) {
 		return d
 	}
+	// Upstream tries "=" and then ": ", each split once at its first
+	// occurrence; the first split whose left side holds a keyword wins.
 	for _, sep := range []string{"=", ": "} {
-		if left, _, ok := strings.Cut(d, sep); ok {
-			if hasPII(left) {
-				return left + sep + "***REDACTED***"
-			}
-			return d
+		if left, _, ok := strings.Cut(d, sep); ok && hasPII(left) {
+			return left + sep + "***REDACTED***"
 		}
 	}
 	return d

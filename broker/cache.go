@@ -1,6 +1,10 @@
 package broker
 
-import "sync"
+import (
+	"encoding/json"
+	"sync"
+	"sync/atomic"
+)
 
 // claimsCache remembers the claims of tokens whose signature has been
 // verified, so a token seen again costs a map lookup instead of an Ed25519
@@ -11,44 +15,75 @@ import "sync"
 type claimsCache struct {
 	mu      sync.RWMutex
 	max     int
-	entries map[string]*Claims
+	entries map[string]*cacheEntry
+}
+
+// cacheEntry is one verified token: its claims and, once /v1/token/validate
+// has asked for it, the encoded validate response.
+type cacheEntry struct {
+	claims *Claims
+	body   atomic.Pointer[[]byte]
+}
+
+// validBody returns `{"valid":true,"claims":…}` plus a newline, encoding it
+// on first use. Concurrent first uses may both encode; the results are equal.
+func (e *cacheEntry) validBody() ([]byte, error) {
+	if p := e.body.Load(); p != nil {
+		return *p, nil
+	}
+	cj, err := json.Marshal(e.claims) // HTML-escaped, as json.Encoder
+	if err != nil {
+		return nil, err
+	}
+	const head = `{"valid":true,"claims":`
+	body := make([]byte, 0, len(head)+len(cj)+2)
+	body = append(append(append(body, head...), cj...), '}', '\n')
+	e.body.Store(&body)
+	return body, nil
 }
 
 func newClaimsCache(max int) *claimsCache {
-	return &claimsCache{max: max, entries: make(map[string]*Claims)}
+	return &claimsCache{max: max, entries: make(map[string]*cacheEntry)}
 }
 
-// get returns the cached claims of tok, or nil. It does not allocate.
-func (c *claimsCache) get(tok string, now int64) *Claims {
+// get returns the cached entry of tok, or nil. It does not allocate.
+func (c *claimsCache) get(tok string, now int64) *cacheEntry {
 	if c.max <= 0 {
 		return nil
 	}
 	c.mu.RLock()
-	cl := c.entries[tok]
+	e := c.entries[tok]
 	c.mu.RUnlock()
-	if cl == nil || now > cl.Exp {
+	if e == nil || now > e.claims.Exp {
 		return nil
 	}
-	return cl
+	return e
 }
 
-func (c *claimsCache) put(tok string, cl *Claims, now int64) {
+// put caches cl under tok and returns its entry. With the cache disabled
+// the entry is returned but not kept.
+func (c *claimsCache) put(tok string, cl *Claims, now int64) *cacheEntry {
+	e := &cacheEntry{claims: cl}
 	if c.max <= 0 {
-		return
+		return e
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if old := c.entries[tok]; old != nil && now <= old.claims.Exp {
+		return old // a concurrent first sight won; keep its encoded body
+	}
 	if len(c.entries) >= c.max {
 		c.evictLocked(now)
 	}
-	c.entries[tok] = cl
+	c.entries[tok] = e
+	return e
 }
 
 // evictLocked frees at least a tenth of the cache. Map iteration order is
 // random, which makes the arbitrary choice fair enough.
 func (c *claimsCache) evictLocked(now int64) {
 	for k, v := range c.entries {
-		if now > v.Exp {
+		if now > v.claims.Exp {
 			delete(c.entries, k)
 		}
 	}

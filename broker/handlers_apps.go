@@ -176,13 +176,24 @@ func (b *Broker) handleUpdateApp(w http.ResponseWriter, r *http.Request) {
 	case !allValidScopes(req.Scopes):
 		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "invalid scope format: use action:resource:identifier")
 		return
-	case req.TokenTTL != nil && (*req.TokenTTL < minAppTokenTTL || *req.TokenTTL > maxAppTokenTTL):
+	}
+	// Upstream's error order: with scopes, an unknown app is reported before
+	// a bad TTL; without, the TTL is checked first. Nothing changes until
+	// every check has passed.
+	var old *App
+	if req.Scopes != nil {
+		if old = b.appOr404(w, r); old == nil {
+			return
+		}
+	}
+	if req.TokenTTL != nil && (*req.TokenTTL < minAppTokenTTL || *req.TokenTTL > maxAppTokenTTL) {
 		invalidTTL(w, r, *req.TokenTTL)
 		return
 	}
-	old := b.appOr404(w, r)
 	if old == nil {
-		return
+		if old = b.appOr404(w, r); old == nil {
+			return
+		}
 	}
 	if err := b.store.updateApp(r.Context(), old.AppID, req.Scopes, req.TokenTTL, b.now()); err != nil {
 		b.obs.DBError("app_update")

@@ -1,6 +1,9 @@
 package broker
 
 import (
+	"bytes"
+	"encoding/json"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -40,34 +43,48 @@ func (b *Broker) handleJWKS(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, b.JWKS())
 }
 
-var invalidTokenBody = struct {
-	Valid bool   `json:"valid"`
-	Error string `json:"error"`
-}{false, "token is invalid or expired"}
+// invalidTokenBody is the whole answer for any token that does not verify.
+var invalidTokenBody = []byte(`{"valid":false,"error":"token is invalid or expired"}` + "\n")
 
-type validResponse struct {
-	Valid  bool    `json:"valid"`
-	Claims *Claims `json:"claims"`
-}
-
-func (b *Broker) handleValidate(w http.ResponseWriter, r *http.Request) {
+// validateToken extracts the token from a /v1/token/validate body. The
+// common exact shape {"token":"<base64url and dots>"} is read without the
+// JSON decoder (a token has no characters JSON would escape); anything else
+// goes through encoding/json with the leniency upstream clients observe.
+func validateToken(body []byte) (string, bool) {
+	const prefix = `{"token":"`
+	if rest, ok := bytes.CutPrefix(body, []byte(prefix)); ok {
+		if end := bytes.IndexByte(rest, '"'); end >= 0 && bytes.IndexByte(rest[:end], '\\') < 0 &&
+			len(rest) > end+1 && rest[end+1] == '}' {
+			return string(rest[:end]), true
+		}
+	}
 	var req struct {
 		Token string `json:"token"`
 	}
-	if !decodeJSON(r, &req) {
+	if json.NewDecoder(bytes.NewReader(body)).Decode(&req) != nil {
+		return "", false
+	}
+	return req.Token, true
+}
+
+func (b *Broker) handleValidate(w http.ResponseWriter, r *http.Request) {
+	body := requestBody(r)
+	tok, ok := validateToken(body)
+	if !ok {
 		badJSON(w, r)
 		return
 	}
-	if req.Token == "" {
+	if tok == "" {
 		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "token field is required")
 		return
 	}
-	c, err := b.Verify(r.Context(), req.Token)
+	w.Header()["Content-Type"] = jsonContentType
+	_, resp, err := b.ValidResponse(r.Context(), tok)
 	if err != nil {
-		writeJSON(w, http.StatusOK, invalidTokenBody)
-		return
+		resp = invalidTokenBody
 	}
-	writeJSON(w, http.StatusOK, validResponse{true, c})
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(resp)
 }
 
 type tokenResponse struct {
@@ -161,6 +178,25 @@ const (
 	maxAuditLimit     = 1000
 )
 
+// Bounds of the times the store can compare (it keeps Unix nanoseconds).
+var (
+	minNano = time.Unix(0, math.MinInt64)
+	maxNano = time.Unix(0, math.MaxInt64)
+)
+
+// clampNano brings an audit query bound into the range the store compares
+// in, so that since=2999-01-01T00:00:00Z matches nothing instead of
+// overflowing, and a zero-time bound is not mistaken for "no bound".
+func clampNano(t time.Time) time.Time {
+	switch {
+	case t.Before(minNano):
+		return minNano
+	case t.After(maxNano):
+		return maxNano
+	}
+	return t
+}
+
 func (b *Broker) handleAuditEvents(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	f := AuditFilter{
@@ -168,10 +204,10 @@ func (b *Broker) handleAuditEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	// Unparseable bounds are ignored, as upstream does.
 	if t, err := time.Parse(time.RFC3339, q.Get("since")); err == nil {
-		f.Since = t
+		f.Since = clampNano(t)
 	}
 	if t, err := time.Parse(time.RFC3339, q.Get("until")); err == nil {
-		f.Until = t
+		f.Until = clampNano(t)
 	}
 	limit, _ := strconv.Atoi(q.Get("limit"))
 	if limit <= 0 {

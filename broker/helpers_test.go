@@ -12,7 +12,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
@@ -36,6 +39,7 @@ type testEnv struct {
 	store  *Store
 	broker *Broker
 	dbPath string
+	admin  string // cached admin token, see cachedAdmin
 }
 
 func newTestEnv(t *testing.T, mutate ...func(*Config)) *testEnv {
@@ -160,4 +164,216 @@ func (e *testEnv) agent(scope ...string) (id, token string) {
 	require.Equal(e.t, http.StatusOK, rec.Code, rec.Body.String())
 	m := decode(e.t, rec)
 	return m["agent_id"].(string), m["access_token"].(string)
+}
+
+// testClock is a settable clock for Config.Now.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newTestClock() *testClock { return &testClock{t: time.Unix(1_800_000_000, 0)} }
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// withClock makes the broker run on c.
+func withClock(c *testClock) func(*Config) { return func(cfg *Config) { cfg.Now = c.Now } }
+
+// doReq sends a request built by the caller (headers, TLS, RemoteAddr).
+func (e *testEnv) doReq(req *http.Request) *httptest.ResponseRecorder {
+	e.t.Helper()
+	rec := httptest.NewRecorder()
+	e.broker.ServeHTTP(rec, req)
+	return rec
+}
+
+// restart closes the store and opens a new store and broker on the same
+// database, configured by mutate as newTestEnv would.
+func (e *testEnv) restart(mutate ...func(*Config)) {
+	e.t.Helper()
+	require.NoError(e.t, e.store.Close())
+	store, err := Open(context.Background(), e.dbPath)
+	require.NoError(e.t, err)
+	e.t.Cleanup(func() { store.Close() })
+	cfg := Config{AdminSecret: testAdminHash}
+	for _, m := range mutate {
+		m(&cfg)
+	}
+	b, err := New(store, cfg)
+	require.NoError(e.t, err)
+	e.store, e.broker = store, b
+}
+
+// jsonKeys returns the top-level member names of a JSON object, in order.
+func jsonKeys(t *testing.T, raw []byte) []string {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	tok, err := dec.Token()
+	require.NoError(t, err)
+	require.Equal(t, json.Delim('{'), tok, "not an object: %s", raw)
+	var keys []string
+	for dec.More() {
+		k, err := dec.Token()
+		require.NoError(t, err)
+		keys = append(keys, k.(string))
+		var skip json.RawMessage
+		require.NoError(t, dec.Decode(&skip))
+	}
+	return keys
+}
+
+// rawField returns the raw JSON of one member of a JSON object.
+func rawField(t *testing.T, raw []byte, name string) []byte {
+	t.Helper()
+	var m map[string]json.RawMessage
+	require.NoError(t, json.Unmarshal(raw, &m), "body: %s", raw)
+	v, ok := m[name]
+	require.True(t, ok, "no %q in %s", name, raw)
+	return v
+}
+
+// claimsOf decodes a JWT payload without verifying it.
+func claimsOf(t *testing.T, tok string) map[string]any {
+	t.Helper()
+	parts := strings.Split(tok, ".")
+	require.Len(t, parts, 3)
+	b, err := base64.RawURLEncoding.DecodeString(parts[1])
+	require.NoError(t, err)
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(b, &m))
+	return m
+}
+
+// payloadKeys returns the claim names of a JWT payload in serialization order.
+func payloadKeys(t *testing.T, tok string) []string {
+	t.Helper()
+	b, err := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[1])
+	require.NoError(t, err)
+	return jsonKeys(t, b)
+}
+
+// events returns every audit event of the given type, oldest first.
+func (e *testEnv) events(eventType string) []Event {
+	e.t.Helper()
+	evs, _, err := e.store.QueryAudit(context.Background(), AuditFilter{EventType: eventType})
+	require.NoError(e.t, err)
+	return evs
+}
+
+// lastEvent returns the newest audit event of the given type.
+func (e *testEnv) lastEvent(eventType string) Event {
+	e.t.Helper()
+	evs := e.events(eventType)
+	require.NotEmpty(e.t, evs, "no %s event", eventType)
+	return evs[len(evs)-1]
+}
+
+// auditCount is the number of events in the chain.
+func (e *testEnv) auditCount() int {
+	e.t.Helper()
+	_, n, err := e.store.QueryAudit(context.Background(), AuditFilter{Limit: 1})
+	require.NoError(e.t, err)
+	return n
+}
+
+// testApp is an app registered through the admin API.
+type testApp struct {
+	ID, ClientID, Secret string
+}
+
+// createApp registers an app (bcrypt cost 12: about a quarter second).
+func (e *testEnv) createApp(name string, scopes []string) testApp {
+	e.t.Helper()
+	rec := e.do("POST", "/v1/admin/apps", e.adminToken(), map[string]any{"name": name, "scopes": scopes})
+	require.Equal(e.t, http.StatusCreated, rec.Code, rec.Body.String())
+	m := decode(e.t, rec)
+	return testApp{m["app_id"].(string), m["client_id"].(string), m["client_secret"].(string)}
+}
+
+// appToken authenticates as the app.
+func (e *testEnv) appToken(a testApp) string {
+	e.t.Helper()
+	rec := e.do("POST", "/v1/app/auth", "", map[string]string{"client_id": a.ClientID, "client_secret": a.Secret})
+	require.Equal(e.t, http.StatusOK, rec.Code, rec.Body.String())
+	return decode(e.t, rec)["access_token"].(string)
+}
+
+// issueToken signs claims directly with the broker's key, for subjects the
+// API cannot produce.
+func (e *testEnv) issueToken(c Claims, ttl int64) string {
+	e.t.Helper()
+	tok, _, err := e.broker.issue(c, ttl)
+	require.NoError(e.t, err)
+	return tok
+}
+
+// requireSecurityHeaders asserts the headers of §2.3 (without HSTS).
+func requireSecurityHeaders(t *testing.T, rec *httptest.ResponseRecorder) {
+	t.Helper()
+	require.Equal(t, "nosniff", rec.Header().Get("X-Content-Type-Options"))
+	require.Equal(t, "no-store", rec.Header().Get("Cache-Control"))
+	require.Equal(t, "DENY", rec.Header().Get("X-Frame-Options"))
+}
+
+// cachedAdmin returns an admin token, authenticating only when the cached
+// one no longer verifies, so tests stay clear of the admin rate limit.
+func (e *testEnv) cachedAdmin() string {
+	e.t.Helper()
+	if e.admin != "" {
+		if _, err := e.broker.Verify(context.Background(), e.admin); err == nil {
+			return e.admin
+		}
+	}
+	e.admin = e.adminToken()
+	return e.admin
+}
+
+// mkLaunch creates a launch token with the cached admin token.
+func (e *testEnv) mkLaunch(body map[string]any) string {
+	e.t.Helper()
+	if body == nil {
+		body = map[string]any{}
+	}
+	if _, ok := body["agent_name"]; !ok {
+		body["agent_name"] = "test-agent"
+	}
+	if _, ok := body["allowed_scope"]; !ok {
+		body["allowed_scope"] = []string{"read:data:*"}
+	}
+	rec := e.do("POST", "/v1/admin/launch-tokens", e.cachedAdmin(), body)
+	require.Equal(e.t, http.StatusCreated, rec.Code, rec.Body.String())
+	return decode(e.t, rec)["launch_token"].(string)
+}
+
+// mkAgent registers an agent allowed exactly scope, with a launch token of
+// the given max_ttl (0: default), and returns its ID and token.
+func (e *testEnv) mkAgent(maxTTL int, scope ...string) (id, token string) {
+	e.t.Helper()
+	body := map[string]any{"allowed_scope": scope}
+	if maxTTL > 0 {
+		body["max_ttl"] = maxTTL
+	}
+	rec := e.do("POST", "/v1/register", "", e.registration(e.mkLaunch(body), scope...))
+	require.Equal(e.t, http.StatusOK, rec.Code, rec.Body.String())
+	m := decode(e.t, rec)
+	return m["agent_id"].(string), m["access_token"].(string)
+}
+
+// newRequest builds a request with a string body ("" for none).
+func newRequest(method, path, body string) *http.Request {
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	return httptest.NewRequest(method, path, rd)
 }

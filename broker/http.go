@@ -67,16 +67,6 @@ func (b *Broker) routes() http.Handler {
 // clientIP is the rate limiters' view of the caller (D11).
 func (b *Broker) clientIP(r *http.Request) string { return b.cfg.ClientIP(r) }
 
-type ctxKey int
-
-const requestIDKey ctxKey = iota
-
-// RequestID returns the request ID the broker assigned to the request.
-func RequestID(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey).(string)
-	return id
-}
-
 func newRequestID() string {
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -86,7 +76,7 @@ func newRequestID() string {
 }
 
 // requestID takes the client's X-Request-ID verbatim or makes one, and sets
-// it on every response.
+// it on every response; problem bodies read it back from the response header.
 func requestID(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get("X-Request-ID")
@@ -94,7 +84,7 @@ func requestID(next http.Handler) http.Handler {
 			id = newRequestID()
 		}
 		w.Header().Set(RequestIDHeader, id)
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestIDKey, id)))
+		next.ServeHTTP(w, r)
 	})
 }
 
@@ -111,11 +101,30 @@ func bodyLimit(next http.Handler) http.Handler {
 			WriteProblem(w, r, http.StatusRequestEntityTooLarge, ErrTypePayloadTooLarge, "request body must not exceed 1 MB")
 			return
 		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.Body = &bufferedBody{Reader: bytes.NewReader(body), b: body}
 		r.ContentLength = int64(len(body))
 		next.ServeHTTP(w, r)
 	})
 }
+
+// bufferedBody is a request body already read into memory by bodyLimit.
+type bufferedBody struct {
+	*bytes.Reader
+	b []byte
+}
+
+func (*bufferedBody) Close() error { return nil }
+
+// requestBody returns the bytes of a body bodyLimit buffered, or reads r.Body.
+func requestBody(r *http.Request) []byte {
+	if bb, ok := r.Body.(*bufferedBody); ok {
+		return bb.b
+	}
+	b, _ := io.ReadAll(io.LimitReader(r.Body, MaxBodyBytes))
+	return b
+}
+
+var jsonContentType = []string{"application/json"}
 
 func securityHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -18,32 +22,31 @@ import (
 // rejected before any decoding.
 const MaxTokenLength = 16 << 10
 
+// maxJSONDepth bounds the nesting uniqueKeys will walk. Broker claims nest
+// three deep (claims → delegation_chain → record).
+const maxJSONDepth = 32
+
+// b64 is the only encoding a token segment may use: base64url, no padding,
+// and zero unused bits in the last character (so one byte string has exactly
+// one token spelling).
+var b64 = base64.RawURLEncoding.Strict()
+
 // verifier checks tokens against one public key and issuer.
 type verifier struct {
 	pub    ed25519.PublicKey
 	kid    string
 	issuer string
-	parser *jwt.Parser
 	now    func() time.Time
 }
 
 func newVerifier(pub ed25519.PublicKey, issuer string, now func() time.Time) *verifier {
-	return &verifier{
-		pub:    pub,
-		kid:    Thumbprint(pub),
-		issuer: issuer,
-		now:    now,
-		parser: jwt.NewParser(
-			jwt.WithValidMethods([]string{jwt.SigningMethodEdDSA.Alg()}),
-			jwt.WithStrictDecoding(), // no padding, no non-zero unused bits
-			jwt.WithoutClaimsValidation(),
-		),
-	}
+	return &verifier{pub: pub, kid: Thumbprint(pub), issuer: issuer, now: now}
 }
 
 // precheck rejects what is obviously not one of our tokens before any
 // decoding: the wrong length, not exactly two dots, or a byte outside the
-// base64url alphabet. It costs one pass over at most MaxTokenLength bytes.
+// base64url alphabet. It costs one pass over at most MaxTokenLength bytes
+// and does not allocate.
 func precheck(tok string) error {
 	if len(tok) == 0 || len(tok) > MaxTokenLength {
 		return ErrMalformedToken
@@ -68,30 +71,88 @@ func precheck(tok string) error {
 	return nil
 }
 
+// verifyJWS is the JWS signature layer: an EdDSA (Ed25519) signature, given
+// as its strict base64url segment, over the ASCII signing input
+// "header.payload". It knows nothing about JWT claims, so it also checks
+// non-JWT JWS such as RFC 8037's A.4 example.
+func verifyJWS(pub ed25519.PublicKey, signingInput, sigSegment string) error {
+	sig, err := b64.DecodeString(sigSegment)
+	if err != nil {
+		return fmt.Errorf("%w: signature: %v", ErrMalformedToken, err)
+	}
+	if len(sig) != ed25519.SignatureSize {
+		return fmt.Errorf("%w: signature is %d bytes", ErrMalformedToken, len(sig))
+	}
+	if err := jwt.SigningMethodEdDSA.Verify(signingInput, sig, pub); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadSignature, err)
+	}
+	return nil
+}
+
 // verify checks signature, header and time claims of tok, upstream's §4.5
 // steps 1–6, with the hardening of this product: duplicate or case-variant
-// keys, a "crit" header and a foreign kid are refused. Revocation is the
+// keys, a "crit" header and a foreign kid are refused, and the payload is not
+// JSON-decoded until its signature has been verified. Revocation is the
 // caller's business.
 func (v *verifier) verify(tok string) (*Claims, error) {
 	if err := precheck(tok); err != nil {
 		return nil, err
 	}
-	c := new(Claims)
-	_, err := v.parser.ParseWithClaims(tok, c, v.keyFor)
-	switch {
-	case err == nil:
-	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
-		return nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
-	default:
-		return nil, fmt.Errorf("%w: %v", ErrMalformedToken, err)
+	i, j := strings.IndexByte(tok, '.'), strings.LastIndexByte(tok, '.')
+	hdr, err := b64.DecodeString(tok[:i])
+	if err != nil {
+		return nil, fmt.Errorf("%w: header: %v", ErrMalformedToken, err)
 	}
-	// golang-jwt decodes into a struct, where a later duplicate silently wins
-	// and "Scope" fills "scope": refuse any ambiguity in the signed payload.
-	payload, _ := v.parser.DecodeSegment(tok[strings.IndexByte(tok, '.')+1 : strings.LastIndexByte(tok, '.')])
+	if err := v.checkHeader(hdr); err != nil {
+		return nil, fmt.Errorf("%w: header: %v", ErrMalformedToken, err)
+	}
+	if err := verifyJWS(v.pub, tok[:j], tok[j+1:]); err != nil {
+		return nil, err
+	}
+	payload, err := b64.DecodeString(tok[i+1 : j])
+	if err != nil {
+		return nil, fmt.Errorf("%w: payload: %v", ErrMalformedToken, err)
+	}
+	// encoding/json decodes into a struct, where a later duplicate silently
+	// wins and "Scope" (or "ſcope") fills "scope": refuse any ambiguity.
 	if err := uniqueKeys(payload); err != nil {
 		return nil, fmt.Errorf("%w: payload: %v", ErrMalformedToken, err)
 	}
-	return c, v.checkClaims(c)
+	c := new(Claims)
+	if err := json.Unmarshal(payload, c); err != nil {
+		return nil, fmt.Errorf("%w: payload: %v", ErrMalformedToken, err)
+	}
+	if err := v.checkClaims(c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// checkHeader accepts only our header shape: alg exactly "EdDSA", no
+// "crit", and a kid that is absent, empty or ours (upstream §4.5 step 2).
+// typ is not checked, as upstream.
+func (v *verifier) checkHeader(hdr []byte) error {
+	if err := uniqueKeys(hdr); err != nil {
+		return err
+	}
+	var h map[string]json.RawMessage
+	if err := json.Unmarshal(hdr, &h); err != nil {
+		return err
+	}
+	var alg string
+	if raw, ok := h["alg"]; !ok || json.Unmarshal(raw, &alg) != nil || alg != jwt.SigningMethodEdDSA.Alg() {
+		return errors.New("alg must be EdDSA")
+	}
+	if _, ok := h["crit"]; ok {
+		return errors.New("crit header not supported")
+	}
+	if raw, ok := h["kid"]; ok {
+		var kid string
+		if json.Unmarshal(raw, &kid) != nil || (kid != "" && kid != v.kid) {
+			return errors.New("unknown kid")
+		}
+	}
+	return nil
 }
 
 // checkClaims applies upstream's structural and time checks, with no leeway:
@@ -111,34 +172,10 @@ func (v *verifier) checkClaims(c *Claims) error {
 	return nil
 }
 
-// keyFor is the jwt.Keyfunc: it accepts only our exact header shape.
-func (v *verifier) keyFor(t *jwt.Token) (any, error) {
-	if alg, _ := t.Header["alg"].(string); alg != "EdDSA" {
-		return nil, errors.New("alg must be EdDSA")
-	}
-	if _, ok := t.Header["crit"]; ok {
-		return nil, errors.New("crit header not supported")
-	}
-	if kid, present := t.Header["kid"]; present {
-		s, ok := kid.(string)
-		if !ok || (s != "" && s != v.kid) {
-			return nil, errors.New("unknown kid")
-		}
-	}
-	hdr, err := v.parser.DecodeSegment(t.Raw[:strings.IndexByte(t.Raw, '.')])
-	if err != nil {
-		return nil, err
-	}
-	if err := uniqueKeys(hdr); err != nil {
-		return nil, fmt.Errorf("header: %w", err)
-	}
-	return v.pub, nil
-}
-
-// uniqueKeys checks that b is one JSON object whose member names are
-// distinct even when compared case-insensitively (encoding/json matches
-// struct fields case-insensitively, so "Scope" would otherwise overwrite
-// "scope").
+// uniqueKeys checks that b is exactly one JSON object in which no object, at
+// any depth, has two member names that encoding/json would match to the same
+// struct field (it folds case with Unicode simple folding, so "Scope" and
+// "ſcope" both fill "scope").
 func uniqueKeys(b []byte) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	t, err := dec.Token()
@@ -148,56 +185,148 @@ func uniqueKeys(b []byte) error {
 	if d, ok := t.(json.Delim); !ok || d != '{' {
 		return errors.New("not a JSON object")
 	}
+	if err := objectKeys(dec, 1); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("trailing data")
+	}
+	return nil
+}
+
+// objectKeys walks the members of an object whose '{' has been read.
+func objectKeys(dec *json.Decoder, depth int) error {
+	if depth > maxJSONDepth {
+		return errors.New("nested too deep")
+	}
 	seen := make(map[string]struct{}, 16)
 	for dec.More() {
 		t, err := dec.Token()
 		if err != nil {
 			return err
 		}
-		k := strings.ToLower(t.(string))
+		name, ok := t.(string)
+		if !ok {
+			return errors.New("object key is not a string")
+		}
+		k := foldName(name)
 		if _, dup := seen[k]; dup {
-			return fmt.Errorf("duplicate key %q", t)
+			return fmt.Errorf("duplicate key %q", name)
 		}
 		seen[k] = struct{}{}
-		var skip json.RawMessage
-		if err := dec.Decode(&skip); err != nil {
+		if err := skipValue(dec, depth); err != nil {
 			return err
 		}
 	}
-	if _, err := dec.Token(); err != nil {
+	_, err := dec.Token() // '}'
+	return err
+}
+
+func skipValue(dec *json.Decoder, depth int) error {
+	t, err := dec.Token()
+	if err != nil {
 		return err
 	}
-	if dec.More() {
-		return errors.New("trailing data")
+	switch t {
+	case json.Delim('{'):
+		return objectKeys(dec, depth+1)
+	case json.Delim('['):
+		if depth+1 > maxJSONDepth {
+			return errors.New("nested too deep")
+		}
+		for dec.More() {
+			if err := skipValue(dec, depth+1); err != nil {
+				return err
+			}
+		}
+		_, err = dec.Token() // ']'
+		return err
 	}
 	return nil
+}
+
+// foldName maps a member name to the representative of its case-folding
+// class, exactly as encoding/json does when it matches names to fields:
+// ASCII letters to upper case, any other rune to the smallest rune of its
+// unicode.SimpleFold orbit.
+func foldName(s string) string {
+	ascii := true
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			ascii = false
+			break
+		}
+	}
+	if ascii {
+		return strings.ToUpper(s)
+	}
+	var sb strings.Builder
+	for _, r := range s {
+		if r < utf8.RuneSelf {
+			if 'a' <= r && r <= 'z' {
+				r -= 'a' - 'A'
+			}
+			sb.WriteRune(r)
+			continue
+		}
+		for {
+			r2 := unicode.SimpleFold(r)
+			if r2 <= r {
+				r = r2
+				break
+			}
+			r = r2
+		}
+		sb.WriteRune(r)
+	}
+	return sb.String()
 }
 
 // Verify checks tok completely: signature, header, time, issuer and
 // revocation. A token seen before is not re-verified cryptographically (its
 // claims are cached until exp), but revocation is always checked against the
 // live index, so a revoke is effective on the very next call. The returned
-// Claims are shared and must not be modified.
+// Claims are shared and must not be modified. A cached verification does not
+// allocate.
 func (b *Broker) Verify(ctx context.Context, tok string) (*Claims, error) {
-	c, err := b.verifyCached(tok)
+	e, err := b.verifyCached(tok)
 	if err != nil {
 		return nil, err
 	}
-	if b.store.revocations.revoked(c) {
+	if b.store.revocations.revoked(e.claims) {
 		return nil, ErrRevoked
 	}
-	return c, nil
+	return e.claims, nil
 }
 
-func (b *Broker) verifyCached(tok string) (*Claims, error) {
+// ValidResponse is Verify plus the exact body /v1/token/validate answers for
+// a valid token, `{"valid":true,"claims":{…}}` and a newline, byte-identical
+// to json.NewEncoder(w).Encode(struct{Valid bool; Claims *Claims}). The body
+// is encoded once per cached token and then shared: callers must not modify
+// it. On error the body is nil.
+func (b *Broker) ValidResponse(ctx context.Context, tok string) (*Claims, []byte, error) {
+	e, err := b.verifyCached(tok)
+	if err != nil {
+		return nil, nil, err
+	}
+	if b.store.revocations.revoked(e.claims) {
+		return nil, nil, ErrRevoked
+	}
+	body, err := e.validBody()
+	if err != nil {
+		return nil, nil, err
+	}
+	return e.claims, body, nil
+}
+
+func (b *Broker) verifyCached(tok string) (*cacheEntry, error) {
 	now := b.now().Unix()
-	if c := b.cache.get(tok, now); c != nil {
-		return c, nil
+	if e := b.cache.get(tok, now); e != nil {
+		return e, nil
 	}
 	c, err := b.verifier.verify(tok)
 	if err != nil {
 		return nil, err
 	}
-	b.cache.put(tok, c, now)
-	return c, nil
+	return b.cache.put(tok, c, now), nil
 }
