@@ -1,0 +1,395 @@
+package caddymodule
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+)
+
+// Environment variables the `caddy agentwrit` commands read when the
+// matching flag is not given.
+const (
+	envBroker      = "AGENTWRIT_BROKER"
+	envAdminSecret = "AGENTWRIT_ADMIN_SECRET"
+	defaultBroker  = "http://127.0.0.1:8080"
+)
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "agentwrit",
+		Usage: "<command> [flags]",
+		Short: "Operates an AgentWrit broker and explains agentwrit route rules",
+		Long: `
+Talks to an AgentWrit broker (the embedded one served by the agentwrit_broker
+directive, or any AgentWrit-compatible broker) over its HTTP API, and explains
+the agentwrit route rules of a Caddyfile.
+
+The broker URL comes from --broker or $AGENTWRIT_BROKER (default
+http://127.0.0.1:8080). Commands that need admin rights authenticate with the
+admin secret from --admin-secret or $AGENTWRIT_ADMIN_SECRET; if neither is set
+and stdin is a terminal, the secret is prompted for without echo. Prefer the
+environment variable or the prompt: flags are visible to other local users.
+Secrets are never printed or logged.
+
+Errors from the broker are shown with their detail and error_code.
+`,
+		CobraFunc: setupAgentwritCommand,
+	})
+}
+
+// setupAgentwritCommand adds the persistent flags and every subcommand to
+// cmd, the `agentwrit` command. It is separate from init so tests can build
+// the same tree under a root of their own.
+func setupAgentwritCommand(cmd *cobra.Command) {
+	cmd.SilenceUsage = true
+	pf := cmd.PersistentFlags()
+	pf.String("broker", defaultBroker, "Broker base URL ($"+envBroker+")")
+	pf.String("admin-secret", "", "Admin secret ($"+envAdminSecret+"; prompted for on a terminal if unset)")
+	pf.Duration("timeout", 30*time.Second, "Timeout of each request to the broker")
+	cmd.AddCommand(
+		cliHashSecretCommand(),
+		cliLaunchTokenCommand(),
+		cliAppCommand(),
+		cliRevokeCommand(),
+		cliAuditCommand(),
+		cliTokenCommand(),
+		cliRegisterCommand(),
+		cliRoutesCommand(),
+	)
+	silenceUsage(cmd)
+}
+
+// silenceUsage keeps cobra from printing the usage text after a runtime
+// error (a broker answering 403 is not a usage mistake), as Caddy's root
+// command does.
+func silenceUsage(cmd *cobra.Command) {
+	cmd.SilenceUsage = true
+	for _, c := range cmd.Commands() {
+		silenceUsage(c)
+	}
+}
+
+// addJSONFlag gives cmd the --json output switch.
+func addJSONFlag(cmd *cobra.Command) {
+	cmd.Flags().Bool("json", false, "Print the result as JSON")
+}
+
+func jsonFlag(cmd *cobra.Command) bool {
+	v, _ := cmd.Flags().GetBool("json")
+	return v
+}
+
+// cliWriteJSON prints v indented, for --json output.
+func cliWriteJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// stringOrEnv returns the flag's value if it was given, else the
+// environment variable if it is non-empty, else the flag's default.
+func stringOrEnv(cmd *cobra.Command, flag, env string) string {
+	f := cmd.Flags().Lookup(flag)
+	if f == nil {
+		return os.Getenv(env)
+	}
+	if f.Changed {
+		return f.Value.String()
+	}
+	if v := os.Getenv(env); v != "" {
+		return v
+	}
+	return f.Value.String()
+}
+
+// cliClient is a small client for the AgentWrit HTTP API.
+type cliClient struct {
+	base  *url.URL
+	http  *http.Client
+	token string // admin Bearer token, once authenticated
+}
+
+// newCLIClient builds a client for the broker named by --broker or
+// $AGENTWRIT_BROKER.
+func newCLIClient(cmd *cobra.Command) (*cliClient, error) {
+	raw := strings.TrimRight(stringOrEnv(cmd, "broker", envBroker), "/")
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("broker URL %q: want http(s)://host[:port][/prefix]", raw)
+	}
+	timeout, _ := cmd.Flags().GetDuration("timeout")
+	return &cliClient{base: u, http: &http.Client{Timeout: timeout}}, nil
+}
+
+// cliAPIError is a non-2xx answer from the broker.
+type cliAPIError struct {
+	Method, Path string
+	Status       int
+	Problem      *broker.Problem // nil if the body was not problem+json
+	Body         string          // the start of a non-problem body
+}
+
+func (e *cliAPIError) Error() string {
+	if p := e.Problem; p != nil {
+		msg := fmt.Sprintf("%s %s: %d %s", e.Method, e.Path, e.Status, p.Detail)
+		if p.ErrorCode != "" {
+			msg += " (error_code " + p.ErrorCode + ")"
+		}
+		if p.RequestID != "" {
+			msg += " [request_id " + p.RequestID + "]"
+		}
+		return msg
+	}
+	msg := fmt.Sprintf("%s %s: %d %s", e.Method, e.Path, e.Status, http.StatusText(e.Status))
+	if e.Body != "" {
+		msg += ": " + e.Body
+	}
+	return msg
+}
+
+// do sends in (if non-nil) as JSON, checks the status and decodes the
+// answer into out (if non-nil). The admin token, if any, goes along as
+// Bearer.
+func (c *cliClient) do(ctx context.Context, method, path string, query url.Values, in, out any) error {
+	return c.doBearer(ctx, method, path, query, c.token, in, out)
+}
+
+// doBearer is do with an explicit Bearer token ("" for none).
+func (c *cliClient) doBearer(ctx context.Context, method, path string, query url.Values, bearer string, in, out any) error {
+	u := *c.base
+	u.Path = strings.TrimRight(u.Path, "/") + path
+	u.RawQuery = query.Encode()
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("%s %s: encode request: %w", method, path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json, application/problem+json")
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		// The *url.Error names the URL, which holds no secret (they travel
+		// in bodies and headers only).
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: read response: %w", method, path, err)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		e := &cliAPIError{Method: method, Path: path, Status: resp.StatusCode}
+		var p broker.Problem
+		if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/problem+json") && json.Unmarshal(data, &p) == nil {
+			e.Problem = &p
+		} else {
+			e.Body = strings.TrimSpace(string(data))
+			if len(e.Body) > 200 {
+				e.Body = e.Body[:200] + "…"
+			}
+		}
+		return e
+	}
+	if out == nil || resp.StatusCode == http.StatusNoContent {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("%s %s: decode response: %w", method, path, err)
+	}
+	return nil
+}
+
+// authenticate exchanges the admin secret for an admin token
+// (POST /v1/admin/auth).
+func (c *cliClient) authenticate(cmd *cobra.Command) error {
+	secret, err := adminSecret(cmd)
+	if err != nil {
+		return err
+	}
+	var resp struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := c.doBearer(cmd.Context(), http.MethodPost, "/v1/admin/auth", nil, "", map[string]string{"secret": secret}, &resp); err != nil {
+		return fmt.Errorf("admin authentication: %w", err)
+	}
+	if resp.AccessToken == "" {
+		return errors.New("admin authentication: broker returned no access_token")
+	}
+	c.token = resp.AccessToken
+	return nil
+}
+
+// adminClient returns a client already authenticated as admin.
+func adminClient(cmd *cobra.Command) (*cliClient, error) {
+	c, err := newCLIClient(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.authenticate(cmd); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// adminSecret returns the admin secret from --admin-secret or
+// $AGENTWRIT_ADMIN_SECRET, or prompts for it when stdin is a terminal.
+func adminSecret(cmd *cobra.Command) (string, error) {
+	if s := stringOrEnv(cmd, "admin-secret", envAdminSecret); s != "" {
+		return s, nil
+	}
+	if f, ok := cmd.InOrStdin().(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		s, err := readPassword(cmd, f, "Admin secret: ")
+		if err != nil {
+			return "", fmt.Errorf("read admin secret: %w", err)
+		}
+		if len(s) > 0 {
+			return string(s), nil
+		}
+	}
+	return "", fmt.Errorf("admin secret required: set $%s, or use --admin-secret", envAdminSecret)
+}
+
+// readPassword reads one line from the terminal f without echo. As in
+// `caddy hash-password`, the terminal state is restored on Ctrl-C.
+func readPassword(cmd *cobra.Command, f *os.File, prompt string) ([]byte, error) {
+	fd := int(f.Fd())
+	state, err := term.GetState(fd)
+	if err != nil {
+		return nil, err
+	}
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, os.Interrupt)
+	done := make(chan struct{})
+	defer func() { signal.Stop(c); close(done) }()
+	go func() {
+		select {
+		case <-c:
+			_ = term.Restore(fd, state)
+			os.Exit(caddy.ExitCodeFailedStartup)
+		case <-done:
+		}
+	}()
+	fmt.Fprint(cmd.ErrOrStderr(), prompt)
+	b, err := term.ReadPassword(fd)
+	fmt.Fprintln(cmd.ErrOrStderr())
+	return b, err
+}
+
+// readSecretInput reads a secret the way `caddy hash-password` does: from
+// the terminal without echo, asking twice, or else the first line of stdin
+// (without its line ending).
+func readSecretInput(cmd *cobra.Command, what string) ([]byte, error) {
+	in := cmd.InOrStdin()
+	if f, ok := in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		s, err := readPassword(cmd, f, "Enter "+what+": ")
+		if err != nil {
+			return nil, err
+		}
+		again, err := readPassword(cmd, f, "Confirm "+what+": ")
+		if err != nil {
+			return nil, err
+		}
+		if !bytes.Equal(s, again) {
+			return nil, fmt.Errorf("%s does not match", what)
+		}
+		return s, nil
+	}
+	line, err := bufio.NewReader(in).ReadBytes('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("read %s from stdin: %w", what, err)
+	}
+	if trimmed, ok := bytes.CutSuffix(line, []byte("\n")); ok {
+		line = bytes.TrimSuffix(trimmed, []byte("\r"))
+	}
+	return line, nil
+}
+
+// splitList flattens repeatable, comma-separated flag values
+// (--scope a,b --scope c) and drops empty entries.
+func splitList(vals []string) []string {
+	var out []string
+	for _, v := range vals {
+		for s := range strings.SplitSeq(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
+// parseSeconds reads a lifetime flag: whole seconds ("300") or a Caddy
+// duration ("5m", "1d"), which must come to a whole, positive number of
+// seconds.
+func parseSeconds(flag, v string) (int64, error) {
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if n <= 0 {
+			return 0, fmt.Errorf("--%s %s: must be positive", flag, v)
+		}
+		return n, nil
+	}
+	d, err := caddy.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("--%s %q: want seconds or a duration like 5m: %w", flag, v, err)
+	}
+	if d < time.Second || d%time.Second != 0 {
+		return 0, fmt.Errorf("--%s %s: must be a positive whole number of seconds", flag, v)
+	}
+	return int64(d / time.Second), nil
+}
+
+// secondsFlag returns a lifetime flag's value in seconds, and whether it was
+// given at all (so unset flags leave the broker's defaults alone).
+func secondsFlag(cmd *cobra.Command, flag string) (int64, bool, error) {
+	f := cmd.Flags().Lookup(flag)
+	if f == nil || !f.Changed {
+		return 0, false, nil
+	}
+	n, err := parseSeconds(flag, f.Value.String())
+	return n, err == nil, err
+}
+
+// humanTime renders a unix time with its distance from now, e.g.
+// "2026-01-02T15:04:05Z (in 4m59s)".
+func humanTime(unix int64, now time.Time) string {
+	t := time.Unix(unix, 0).UTC()
+	d := t.Sub(now).Round(time.Second)
+	switch {
+	case d > 0:
+		return fmt.Sprintf("%s (in %s)", t.Format(time.RFC3339), d)
+	case d < 0:
+		return fmt.Sprintf("%s (%s ago)", t.Format(time.RFC3339), -d)
+	default:
+		return t.Format(time.RFC3339) + " (now)"
+	}
+}
