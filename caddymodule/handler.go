@@ -76,10 +76,15 @@ type Handler struct {
 	// Mode "report" decides, logs, audits and counts, but lets every
 	// request through; "enforce" (default) acts on the decision.
 	Mode string `json:"mode,omitempty"`
+	// Broker, when set, validates tokens through an external broker's
+	// POST /v1/token/validate (remote mode); nil uses the embedded broker
+	// of the agentwrit app.
+	Broker *RemoteBroker `json:"broker,omitempty"`
 
 	routes    *scopemap.Map
 	validator validator
-	broker    *broker.Broker // embedded broker, for the audit chain
+	remote    *remoteValidator // remote mode only, for Cleanup
+	broker    *broker.Broker   // embedded broker, for the audit chain
 	audience  string
 	metrics   *gatewayMetrics
 	allowed   prometheus.Counter // hot-path counters, resolved once
@@ -90,6 +95,7 @@ type Handler struct {
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 	_ caddyfile.Unmarshaler       = (*Handler)(nil)
 )
@@ -99,7 +105,11 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{ID: "http.handlers.agentwrit", New: func() caddy.Module { return new(Handler) }}
 }
 
-// Provision compiles the rules and connects to the embedded broker.
+// Provision compiles the rules and connects to the embedded broker, or, in
+// remote mode, sets up the client of the remote one (without contacting
+// it: it may sit behind this same Caddy, not yet listening). In remote mode
+// the agentwrit app is optional: if configured, denials go to its audit
+// chain and its audience is required; otherwise neither applies.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	var err error
@@ -112,15 +122,32 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.allowed = h.metrics.decisions.WithLabelValues("allow", "ok")
 	h.public = h.metrics.decisions.WithLabelValues("allow", "public")
 	app, err := ctx.AppIfConfigured("agentwrit")
-	if errors.Is(err, caddy.ErrNotConfigured) {
-		return errors.New("agentwrit: no broker: add the agentwrit global option to run the embedded broker")
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, caddy.ErrNotConfigured) && h.Broker != nil:
+	case errors.Is(err, caddy.ErrNotConfigured):
+		return errors.New("agentwrit: no broker: add the agentwrit global option to run the embedded broker, or use broker <url> for a remote one")
+	case err != nil:
 		return err
+	default:
+		a := app.(*App)
+		h.broker, h.audience = a.broker, a.Audience
 	}
-	a := app.(*App)
-	h.broker, h.audience = a.broker, a.Audience
-	h.validator = embedded{a.broker}
+	if h.Broker == nil {
+		h.validator = embedded{h.broker}
+		return nil
+	}
+	if h.remote, err = h.Broker.newValidator(ctx.GetMetricsRegistry(), h.logger); err != nil {
+		return fmt.Errorf("agentwrit: %w", err)
+	}
+	h.validator = h.remote
+	return nil
+}
+
+// Cleanup releases the remote validator's connections and cache.
+func (h *Handler) Cleanup() error {
+	if h.remote != nil {
+		h.remote.close()
+	}
 	return nil
 }
 
@@ -365,7 +392,15 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, next caddyhttp.Ha
 // UnmarshalCaddyfile sets up the handler:
 //
 //	agentwrit [<matcher>] {
-//		broker   embedded
+//		broker   embedded | <url> [{
+//			cache_ttl          <duration>
+//			cache_size         <entries>
+//			negative_cache_ttl <duration>
+//			timeout            <duration>
+//			stale_if_error     <duration>
+//			tls_ca             <pem file>
+//			tls_client_cert    <cert pem file> <key pem file>
+//		}]
 //		require  <METHODS> <pattern> <scope...>
 //		public   <METHODS> <pattern>
 //		unmapped deny|authenticated
@@ -386,15 +421,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Rules = append(h.Rules, rule)
 		case "broker":
-			if !d.NextArg() {
-				return d.ArgErr()
+			rb, err := parseBrokerOption(d)
+			if err != nil {
+				return err
 			}
-			if d.Val() != "embedded" {
-				return d.Errf("broker %q: only 'embedded' is supported", d.Val())
-			}
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			h.Broker = rb
 		case "unmapped", "mode":
 			if !d.NextArg() {
 				return d.ArgErr()
