@@ -192,6 +192,7 @@ type denial struct {
 	challenge string // WWW-Authenticate
 	event     string // audit event type, "" for none
 	claims    *broker.Claims
+	rule      *scopemap.Rule // the matched rule, for the log
 	cause     error
 }
 
@@ -251,7 +252,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if lookupErr != nil {
 		return h.deny(w, r, next, &denial{status: http.StatusForbidden, errType: broker.ErrTypeInsufficientScope,
 			detail: "a path value cannot form a valid scope", reason: "bad_scope_value",
-			challenge: realm + `, error="insufficient_scope"`, event: broker.EventScopeViolation, claims: c, cause: lookupErr})
+			challenge: realm + `, error="insufficient_scope"`, event: broker.EventScopeViolation, claims: c, rule: m.Rule, cause: lookupErr})
 	}
 	for _, s := range m.Required {
 		if !scopemap.Covers(c.Scope, s) {
@@ -259,7 +260,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return h.deny(w, r, next, &denial{status: http.StatusForbidden, errType: broker.ErrTypeInsufficientScope,
 				detail: "token lacks required scope: " + req, reason: "insufficient_scope",
 				challenge: realm + `, error="insufficient_scope", scope="` + quoteEscape(req) + `"`,
-				event:     broker.EventScopeViolation, claims: c})
+				event:     broker.EventScopeViolation, claims: c, rule: m.Rule})
 		}
 	}
 	h.allow(r, repl, c, m.Required)
@@ -354,6 +355,9 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, next caddyhttp.Ha
 	if ce := h.logger.Check(level, "agentwrit denied request"); ce != nil {
 		fields := []zap.Field{zap.String("reason", d.reason), zap.String("resource", resource),
 			zap.Int("status", d.status), zap.Bool("report_only", report)}
+		if d.rule != nil {
+			fields = append(fields, zap.Stringer("rule", d.rule))
+		}
 		if agent != "" {
 			fields = append(fields, zap.String("agent_id", agent))
 		}

@@ -24,7 +24,7 @@ import (
 )
 
 // benchBroker is an embedded broker plus a registered agent's token.
-func benchBroker(b *testing.B, scope ...string) (*broker.Broker, string) {
+func benchBroker(b testing.TB, scope ...string) (*broker.Broker, string) {
 	b.Helper()
 	store, err := broker.Open(context.Background(), filepath.Join(b.TempDir(), "b.db"))
 	if err != nil {
