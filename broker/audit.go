@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -226,11 +227,29 @@ func (l *auditLog) append(ctx context.Context, e Event) (Event, error) {
 	return e, nil
 }
 
-// AuditFilter selects audit events; zero fields do not filter.
+// AuditFilter selects audit events; zero fields and nil bounds do not filter.
 type AuditFilter struct {
 	AgentID, TaskID, EventType, Outcome string
-	Since, Until                        time.Time // inclusive
+	Since, Until                        *time.Time // inclusive
 	Offset, Limit                       int
+}
+
+// Bounds of the times the store can compare (it keeps Unix nanoseconds).
+var (
+	minNano = time.Unix(0, math.MinInt64)
+	maxNano = time.Unix(0, math.MaxInt64)
+)
+
+// unixNano is t.UnixNano clamped to the representable range, so that a
+// bound like 2999-01-01 matches nothing instead of overflowing.
+func unixNano(t time.Time) int64 {
+	switch {
+	case t.Before(minNano):
+		return math.MinInt64
+	case t.After(maxNano):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
 }
 
 // QueryAudit returns the events matching f in chain order, and how many
@@ -246,13 +265,13 @@ func (s *Store) QueryAudit(ctx context.Context, f AuditFilter) ([]Event, int, er
 			args = append(args, c.v)
 		}
 	}
-	if !f.Since.IsZero() {
+	if f.Since != nil {
 		where = append(where, "ts_unix_nano >= ?")
-		args = append(args, f.Since.UnixNano())
+		args = append(args, unixNano(*f.Since))
 	}
-	if !f.Until.IsZero() {
+	if f.Until != nil {
 		where = append(where, "ts_unix_nano <= ?")
-		args = append(args, f.Until.UnixNano())
+		args = append(args, unixNano(*f.Until))
 	}
 	cond := ""
 	if len(where) > 0 {

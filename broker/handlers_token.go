@@ -3,7 +3,6 @@ package broker
 import (
 	"bytes"
 	"encoding/json"
-	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -178,25 +177,6 @@ const (
 	maxAuditLimit     = 1000
 )
 
-// Bounds of the times the store can compare (it keeps Unix nanoseconds).
-var (
-	minNano = time.Unix(0, math.MinInt64)
-	maxNano = time.Unix(0, math.MaxInt64)
-)
-
-// clampNano brings an audit query bound into the range the store compares
-// in, so that since=2999-01-01T00:00:00Z matches nothing instead of
-// overflowing, and a zero-time bound is not mistaken for "no bound".
-func clampNano(t time.Time) time.Time {
-	switch {
-	case t.Before(minNano):
-		return minNano
-	case t.After(maxNano):
-		return maxNano
-	}
-	return t
-}
-
 func (b *Broker) handleAuditEvents(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	f := AuditFilter{
@@ -204,10 +184,10 @@ func (b *Broker) handleAuditEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	// Unparseable bounds are ignored, as upstream does.
 	if t, err := time.Parse(time.RFC3339, q.Get("since")); err == nil {
-		f.Since = clampNano(t)
+		f.Since = &t
 	}
 	if t, err := time.Parse(time.RFC3339, q.Get("until")); err == nil {
-		f.Until = clampNano(t)
+		f.Until = &t
 	}
 	limit, _ := strconv.Atoi(q.Get("limit"))
 	if limit <= 0 {
