@@ -155,15 +155,32 @@ func sanitizeDetail(d string) string {
 // formatTime is Go's RFC3339Nano in UTC: trailing zeros of the fraction dropped.
 func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 
-// auditLog appends to the chain. Appends are serialized so that each event's
-// prev_hash is its predecessor's hash, and an event is in the database before
-// the append returns (an event that cannot be written is not chained).
+// auditLog appends to the chain. Each event's prev_hash is its
+// predecessor's hash, and an event is in the database before its append
+// returns (an event that cannot be written is not chained).
+//
+// Appends are group-committed: while one batch is being written, later
+// appends queue up, and the next writer commits the whole queue in one
+// transaction, so a burst of denials costs one fsync instead of one each.
 type auditLog struct {
-	mu       sync.Mutex
-	db       *sql.DB
+	writeMu sync.Mutex // held by the one appender writing a batch
+
+	mu       sync.Mutex // guards the fields below
+	queue    []*auditAppend
 	seq      int64
 	lastHash string
-	now      func() time.Time
+
+	db  *sql.DB
+	now func() time.Time
+}
+
+// auditAppend is one queued event; done and err are set by the writer of
+// its batch while it holds writeMu.
+type auditAppend struct {
+	e    Event
+	seq  int64
+	done bool
+	err  error
 }
 
 func loadAuditLog(ctx context.Context, db *sql.DB) (*auditLog, error) {
@@ -204,27 +221,76 @@ func nullInt(i int) any {
 // append fills in id, timestamp, hashes and the sanitized detail, writes the
 // event and returns it.
 func (l *auditLog) append(ctx context.Context, e Event) (Event, error) {
+	a := &auditAppend{e: e}
 	l.mu.Lock()
-	defer l.mu.Unlock()
+	l.queue = append(l.queue, a)
+	l.mu.Unlock()
+
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	if !a.done { // nobody took it into a batch yet: write the whole queue
+		l.mu.Lock()
+		batch := l.queue
+		l.queue = nil
+		seq, prev := l.seq, l.lastHash
+		l.mu.Unlock()
+		seq, prev, err := l.write(context.WithoutCancel(ctx), batch, seq, prev)
+		if err == nil {
+			l.mu.Lock()
+			l.seq, l.lastHash = seq, prev
+			l.mu.Unlock()
+		}
+		for _, b := range batch {
+			b.done, b.err = true, err
+		}
+	}
+	if a.err != nil {
+		return Event{}, a.err
+	}
+	return a.e, nil
+}
+
+// write chains batch after the event (seq, prev) and inserts it in one
+// transaction; it returns the new tail, or an error and no event chained.
+func (l *auditLog) write(ctx context.Context, batch []*auditAppend, seq int64, prev string) (int64, string, error) {
 	now := l.now()
-	seq := l.seq + 1
-	e.ID = fmt.Sprintf("evt-%06d", seq)
-	e.Timestamp = formatTime(now)
-	e.Detail = sanitizeDetail(e.Detail)
-	e.PrevHash = l.lastHash
-	e.Hash = e.ComputeHash()
-	_, err := l.db.ExecContext(context.WithoutCancel(ctx), `INSERT INTO audit_events
+	ts := formatTime(now)
+	for _, a := range batch {
+		e := &a.e
+		seq++
+		a.seq = seq
+		e.ID = fmt.Sprintf("evt-%06d", seq)
+		e.Timestamp = ts
+		e.Detail = sanitizeDetail(e.Detail)
+		e.PrevHash = prev
+		e.Hash = e.ComputeHash()
+		prev = e.Hash
+	}
+	tx, err := l.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, "", fmt.Errorf("audit: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	stmt, err := tx.PrepareContext(ctx, `INSERT INTO audit_events
 		(seq, id, timestamp, ts_unix_nano, event_type, agent_id, task_id, orch_id, detail,
 		 resource, outcome, deleg_depth, deleg_chain_hash, bytes_transferred, hash, prev_hash)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
-		seq, e.ID, e.Timestamp, now.UnixNano(), e.EventType, e.AgentID, e.TaskID, e.OrchID, e.Detail,
-		nullString(e.Resource), nullString(e.Outcome), nullInt(e.DelegDepth), nullString(e.DelegChainHash),
-		nullInt(e.BytesTransferred), e.Hash, e.PrevHash)
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`)
 	if err != nil {
-		return Event{}, fmt.Errorf("audit %s: %w", e.EventType, err)
+		return 0, "", fmt.Errorf("audit: %w", err)
 	}
-	l.seq, l.lastHash = seq, e.Hash
-	return e, nil
+	defer stmt.Close()
+	for _, a := range batch {
+		e := &a.e
+		if _, err := stmt.ExecContext(ctx, a.seq, e.ID, e.Timestamp, now.UnixNano(), e.EventType,
+			e.AgentID, e.TaskID, e.OrchID, e.Detail, nullString(e.Resource), nullString(e.Outcome),
+			nullInt(e.DelegDepth), nullString(e.DelegChainHash), nullInt(e.BytesTransferred), e.Hash, e.PrevHash); err != nil {
+			return 0, "", fmt.Errorf("audit %s: %w", e.EventType, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, "", fmt.Errorf("audit commit: %w", err)
+	}
+	return seq, prev, nil
 }
 
 // AuditFilter selects audit events; zero fields and nil bounds do not filter.

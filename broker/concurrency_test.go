@@ -6,7 +6,9 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -214,4 +216,70 @@ func TestConcurrentVerifyAndIssue(t *testing.T) {
 	})
 	require.Zero(t, bad.Load())
 	require.LessOrEqual(t, e.broker.cache.len(), 8)
+}
+
+// TestConcurrentAuditAppends: appends racing from many goroutines (which
+// the writer group-commits) each return their own event exactly as stored,
+// with no id given twice and the chain intact.
+func TestConcurrentAuditAppends(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	base := len(allEvents(t, e.store))
+	const each = 20
+	got := make([][]Event, racers)
+	race(racers, func(i int) {
+		for j := range each {
+			ev, err := e.store.audit.append(ctx, Event{EventType: EventScopeViolation, Detail: fmt.Sprintf("racer %d append %d", i, j), Outcome: OutcomeDenied})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			got[i] = append(got[i], ev)
+		}
+	})
+	stored := map[string]Event{}
+	for _, ev := range allEvents(t, e.store) {
+		stored[ev.ID] = ev
+	}
+	require.Len(t, stored, base+racers*each)
+	for i := range got {
+		require.Len(t, got[i], each)
+		for j, ev := range got[i] {
+			require.Equal(t, fmt.Sprintf("racer %d append %d", i, j), ev.Detail)
+			require.Equal(t, stored[ev.ID], ev, "append returned what was stored")
+		}
+	}
+	require.NoError(t, e.store.VerifyAudit(ctx))
+}
+
+// TestAuditBatchFailureChainsNothing: when a write fails, the failing
+// append reports it, nothing of its batch is chained, and later appends
+// continue the chain from the last stored event.
+func TestAuditBatchFailureChainsNothing(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	_, err := rawDB(t, e.dbPath).Exec(`CREATE TRIGGER poison BEFORE INSERT ON audit_events
+		WHEN NEW.detail = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); END`)
+	require.NoError(t, err)
+	before := e.store.audit.count()
+	var failed atomic.Int64
+	race(racers, func(i int) {
+		d := fmt.Sprintf("ok %d", i)
+		if i == racers/2 {
+			d = "poison"
+		}
+		if _, err := e.store.audit.append(ctx, Event{EventType: EventScopeViolation, Detail: d, Outcome: OutcomeDenied}); err != nil {
+			if !strings.Contains(err.Error(), "poisoned") {
+				t.Errorf("append %d: %v", i, err)
+			}
+			failed.Add(1)
+		}
+	})
+	require.GreaterOrEqual(t, failed.Load(), int64(1))
+	evs := allEvents(t, e.store)
+	require.Equal(t, before+racers-failed.Load(), int64(len(evs)), "exactly the failed appends are missing")
+	require.Equal(t, int64(len(evs)), e.store.audit.count())
+	_, err = e.store.audit.append(ctx, Event{EventType: EventScopeViolation, Detail: "after", Outcome: OutcomeDenied})
+	require.NoError(t, err)
+	require.NoError(t, e.store.VerifyAudit(ctx))
 }
