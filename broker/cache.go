@@ -1,21 +1,39 @@
 package broker
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"sync"
 	"sync/atomic"
 )
 
 // claimsCache remembers the claims of tokens whose signature has been
-// verified, so a token seen again costs a map lookup instead of an Ed25519
-// verification. It is keyed by the whole token string (an exact match, never
-// a hash that could collide), entries never outlive the token's exp, and its
-// size is bounded: when full, expired entries go first, then an arbitrary
-// tenth of the rest.
+// verified, so a token seen again costs a hash and a map lookup instead of
+// an Ed25519 verification. It is keyed by the SHA-256 of the whole token: a
+// collision-resistant digest, never a part of the token, and 32 bytes
+// instead of the token's 500 or more, which halves what a cached token
+// costs in memory. Entries never outlive the token's exp, and its size is
+// bounded: when full, expired entries go first, then an arbitrary tenth of
+// the rest.
 type claimsCache struct {
 	mu      sync.RWMutex
 	max     int
-	entries map[string]*cacheEntry
+	entries map[tokenKey]*cacheEntry
+}
+
+// tokenKey is the SHA-256 of a whole token.
+type tokenKey [sha256.Size]byte
+
+// stackKeyMax is the longest token keyOf hashes without allocating.
+const stackKeyMax = 2048
+
+// keyOf hashes tok without allocating for tokens of usual size.
+func keyOf(tok string) tokenKey {
+	var buf [stackKeyMax]byte
+	if len(tok) <= len(buf) {
+		return sha256.Sum256(buf[:copy(buf[:], tok)])
+	}
+	return sha256.Sum256([]byte(tok))
 }
 
 // cacheEntry is one verified token: its claims and, once /v1/token/validate
@@ -43,16 +61,17 @@ func (e *cacheEntry) validBody() ([]byte, error) {
 }
 
 func newClaimsCache(max int) *claimsCache {
-	return &claimsCache{max: max, entries: make(map[string]*cacheEntry)}
+	return &claimsCache{max: max, entries: make(map[tokenKey]*cacheEntry)}
 }
 
-// get returns the cached entry of tok, or nil. It does not allocate.
-func (c *claimsCache) get(tok string, now int64) *cacheEntry {
+// get returns the cached entry of the token with key k, or nil. It does not
+// allocate.
+func (c *claimsCache) get(k tokenKey, now int64) *cacheEntry {
 	if c.max <= 0 {
 		return nil
 	}
 	c.mu.RLock()
-	e := c.entries[tok]
+	e := c.entries[k]
 	c.mu.RUnlock()
 	if e == nil || now > e.claims.Exp {
 		return nil
@@ -60,22 +79,22 @@ func (c *claimsCache) get(tok string, now int64) *cacheEntry {
 	return e
 }
 
-// put caches cl under tok and returns its entry. With the cache disabled
+// put caches cl under k and returns its entry. With the cache disabled
 // the entry is returned but not kept.
-func (c *claimsCache) put(tok string, cl *Claims, now int64) *cacheEntry {
+func (c *claimsCache) put(k tokenKey, cl *Claims, now int64) *cacheEntry {
 	e := &cacheEntry{claims: cl}
 	if c.max <= 0 {
 		return e
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if old := c.entries[tok]; old != nil && now <= old.claims.Exp {
+	if old := c.entries[k]; old != nil && now <= old.claims.Exp {
 		return old // a concurrent first sight won; keep its encoded body
 	}
 	if len(c.entries) >= c.max {
 		c.evictLocked(now)
 	}
-	c.entries[tok] = e
+	c.entries[k] = e
 	return e
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+	"unique"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -125,7 +126,24 @@ func (v *verifier) verify(tok string) (*Claims, error) {
 	if err := v.checkClaims(c); err != nil {
 		return nil, err
 	}
+	c.intern()
 	return c, nil
+}
+
+// intern shares the strings that many tokens hold alike (issuer, audience,
+// scopes, task and orchestration IDs), so a cached token costs memory only
+// for what is its own.
+func (c *Claims) intern() {
+	in := func(s *string) { *s = unique.Make(*s).Value() }
+	in(&c.Iss)
+	in(&c.TaskID)
+	in(&c.OrchID)
+	for i := range c.Aud {
+		in(&c.Aud[i])
+	}
+	for i := range c.Scope {
+		in(&c.Scope[i])
+	}
 }
 
 // checkHeader accepts only our header shape: alg exactly "EdDSA", no
@@ -320,13 +338,21 @@ func (b *Broker) ValidResponse(ctx context.Context, tok string) (*Claims, []byte
 }
 
 func (b *Broker) verifyCached(tok string) (*cacheEntry, error) {
+	if len(tok) > stackKeyMax {
+		// Long input is refused by the cheap checks before it is copied
+		// to be hashed.
+		if err := precheck(tok); err != nil {
+			return nil, err
+		}
+	}
 	now := b.now().Unix()
-	if e := b.cache.get(tok, now); e != nil {
+	k := keyOf(tok)
+	if e := b.cache.get(k, now); e != nil {
 		return e, nil
 	}
 	c, err := b.verifier.verify(tok)
 	if err != nil {
 		return nil, err
 	}
-	return b.cache.put(tok, c, now), nil
+	return b.cache.put(k, c, now), nil
 }
