@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,16 +21,60 @@ type target struct {
 	url    string   // full URL prefix, e.g. http://127.0.0.1:1234/orders/
 	tokens []string // cycled through; empty sends no Authorization
 	proc   *proc
+	client *http.Client   // keep-alive connections, kept across slices
+	junk   float64        // fraction of requests sent with a bad-signature token
+	next   *atomic.Uint64 // the next token to send: all of them cycle in turn
 }
 
-// sample is what one run of load against one target measured.
+// newClient is a client with exactly conns keep-alive connections.
+func newClient(conns int) *http.Client {
+	tr := &http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, DisableCompression: true}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+// sample is what load against one target measured in one round.
 type sample struct {
-	reqs      int
-	rps       float64
-	p50, p99  time.Duration
-	junkP99   time.Duration
-	statuses  map[int]int
-	transport int // transport-level errors
+	reqs     int
+	elapsed  time.Duration // measured time (sum of slices)
+	cpu      time.Duration // CPU the gateway process used meanwhile
+	lat      []time.Duration
+	junkLat  []time.Duration
+	statuses map[int]int // of the valid-token requests
+	junkOK   int         // junk requests that were not refused: must be 0
+	errs     int         // transport-level errors
+
+	rps               float64
+	cpuPerReq         time.Duration
+	p50, p99, junkP99 time.Duration
+}
+
+// add merges another slice of the same round into s.
+func (s *sample) add(o sample) {
+	if s.statuses == nil {
+		s.statuses = map[int]int{}
+	}
+	s.reqs += o.reqs
+	s.elapsed += o.elapsed
+	s.cpu += o.cpu
+	s.lat = append(s.lat, o.lat...)
+	s.junkLat = append(s.junkLat, o.junkLat...)
+	for k, v := range o.statuses {
+		s.statuses[k] += v
+	}
+	s.junkOK += o.junkOK
+	s.errs += o.errs
+}
+
+// finish computes the round's rate and percentiles and drops the raw
+// latencies.
+func (s *sample) finish() {
+	s.rps = float64(s.reqs) / s.elapsed.Seconds()
+	if s.reqs > 0 {
+		s.cpuPerReq = s.cpu / time.Duration(s.reqs)
+	}
+	s.p50, s.p99 = percentile(s.lat, 0.50), percentile(s.lat, 0.99)
+	s.junkP99 = percentile(s.junkLat, 0.99)
+	s.lat, s.junkLat = nil, nil
 }
 
 // junkToken is a well-formed token with a random (so invalid) signature:
@@ -49,21 +94,30 @@ func percentile(d []time.Duration, p float64) time.Duration {
 	return d[min(len(d)-1, int(float64(len(d))*p))]
 }
 
-// runLoad drives t with conns keep-alive connections for d after a short
-// warm-up. A fraction junk of the requests carries a bad-signature token;
-// their latencies are kept apart from the valid ones.
-func runLoad(ctx context.Context, t target, conns int, d time.Duration, junk float64) sample {
-	tr := &http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, DisableCompression: true}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+// runLoad drives t with conns concurrent requests for d after a warm-up
+// whose requests are not counted. A fraction t.junk of the requests
+// carries a bad-signature token; their latencies are kept apart from the
+// valid ones. offset varies which paths each slice starts on.
+func runLoad(ctx context.Context, t target, conns int, warmup, d time.Duration, offset int) sample {
 	type local struct {
 		lat, junkLat []time.Duration
 		statuses     map[int]int
-		errs         int
+		junkOK, errs int
 	}
 	locals := make([]local, conns)
-	warm := time.Now().Add(500 * time.Millisecond)
+	warm := time.Now().Add(warmup)
 	end := warm.Add(d)
+	var cpu0 time.Duration
+	cpuRead := make(chan struct{})
+	go func() {
+		time.Sleep(warmup)
+		cpu0 = t.proc.cpuTime()
+		close(cpuRead)
+	}()
+	junkEvery := 0
+	if t.junk > 0 {
+		junkEvery = int(1 / t.junk)
+	}
 	var wg sync.WaitGroup
 	for w := 0; w < conns; w++ {
 		wg.Add(1)
@@ -71,26 +125,21 @@ func runLoad(ctx context.Context, t target, conns int, d time.Duration, junk flo
 			defer wg.Done()
 			l := &locals[w]
 			l.statuses = map[int]int{}
-			l.lat = make([]time.Duration, 0, 1<<14)
-			junkEvery := 0
-			if junk > 0 {
-				junkEvery = int(1 / junk)
-			}
-			for i := 0; ; i++ {
+			for i := offset; ; i++ {
 				now := time.Now()
 				if now.After(end) || ctx.Err() != nil {
 					return
 				}
 				req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("%s%d", t.url, 1+(w+i)%1000), nil)
 				isJunk := junkEvery > 0 && i%junkEvery == 0
-				if n := len(t.tokens); n > 0 {
-					tok := t.tokens[(w+i*conns)%n]
+				if n := uint64(len(t.tokens)); n > 0 {
+					tok := t.tokens[t.next.Add(1)%n]
 					if isJunk {
 						tok = junkToken(tok)
 					}
 					req.Header.Set("Authorization", "Bearer "+tok)
 				}
-				resp, err := client.Do(req)
+				resp, err := t.client.Do(req)
 				el := time.Since(now)
 				if err != nil {
 					if now.After(warm) {
@@ -103,30 +152,31 @@ func runLoad(ctx context.Context, t target, conns int, d time.Duration, junk flo
 				if now.Before(warm) {
 					continue
 				}
-				l.statuses[resp.StatusCode]++
 				if isJunk {
 					l.junkLat = append(l.junkLat, el)
+					if resp.StatusCode != http.StatusUnauthorized {
+						l.junkOK++
+					}
 				} else {
 					l.lat = append(l.lat, el)
+					l.statuses[resp.StatusCode]++
 				}
 			}
 		}(w)
 	}
 	wg.Wait()
-	s := sample{statuses: map[int]int{}}
-	var lat, junkLat []time.Duration
+	<-cpuRead
+	s := sample{statuses: map[int]int{}, elapsed: d, cpu: t.proc.cpuTime() - cpu0}
 	for _, l := range locals {
-		lat = append(lat, l.lat...)
-		junkLat = append(junkLat, l.junkLat...)
+		s.lat = append(s.lat, l.lat...)
+		s.junkLat = append(s.junkLat, l.junkLat...)
 		for k, v := range l.statuses {
 			s.statuses[k] += v
 		}
-		s.transport += l.errs
+		s.junkOK += l.junkOK
+		s.errs += l.errs
 	}
-	s.reqs = len(lat) + len(junkLat)
-	s.rps = float64(s.reqs) / d.Seconds()
-	s.p50, s.p99 = percentile(lat, 0.50), percentile(lat, 0.99)
-	s.junkP99 = percentile(junkLat, 0.99)
+	s.reqs = len(s.lat) + len(s.junkLat)
 	return s
 }
 
@@ -140,4 +190,41 @@ func median[T int | float64 | time.Duration](xs []T) T {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// warmTokens sends every token of t once, so the measured rounds see the
+// steady state of many live tokens cycling (each already verified once)
+// rather than a stream of first sights.
+func warmTokens(ctx context.Context, t target, conns int) error {
+	var sent atomic.Int64
+	n := int64(len(t.tokens))
+	errs := make(chan error, conns)
+	var wg sync.WaitGroup
+	for range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for sent.Add(1) <= n && ctx.Err() == nil {
+				req, _ := http.NewRequestWithContext(ctx, "GET", t.url+"1", nil)
+				req.Header.Set("Authorization", "Bearer "+t.tokens[t.next.Add(1)%uint64(n)])
+				resp, err := t.client.Do(req)
+				if err != nil {
+					errs <- err
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					errs <- fmt.Errorf("warming %s: status %d", t.name, resp.StatusCode)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return err
+	}
+	return ctx.Err()
 }

@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,6 +42,7 @@ func logf(format string, args ...any) { logger.Printf(format, args...) }
 
 type options struct {
 	duration  time.Duration
+	slice     time.Duration
 	conns     int
 	rounds    int
 	tokens    int
@@ -60,14 +62,15 @@ func main() {
 	}
 	var o options
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measured time per configuration per round")
+	flag.DurationVar(&o.slice, "slice", time.Second, "configurations alternate every slice within a round, so drift hits all alike")
 	flag.IntVar(&o.conns, "conns", 32, "keep-alive connections")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds (configurations alternate within each)")
 	flag.IntVar(&o.tokens, "tokens", 100, "distinct agent tokens per broker, cycled through")
-	flag.Float64Var(&o.junk, "junk", 0, "fraction of requests carrying a random bad-signature token (e.g. 0.5)")
-	flag.StringVar(&o.configs, "configs", "plain,embedded,remote,remote-nocache", "configurations to run, in round order")
+	flag.Float64Var(&o.junk, "junk", 0, "also run each gateway with this fraction of requests carrying a random bad-signature token (e.g. 0.5)")
+	flag.StringVar(&o.configs, "configs", "plain,embedded,remote,remote-nocache", "configurations to run, in round order; also plain-headers (plain adding the five identity headers, no enforcement)")
 	flag.DurationVar(&o.soak, "soak", 0, "run a soak of this length instead of the comparison")
 	flag.DurationVar(&o.remoteTTL, "remote-cache-ttl", 30*time.Second, "cache_ttl of the cached remote gateway")
-	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the embedded gateway's last round to this file")
+	flag.StringVar(&o.profile, "cpuprofile", "", "write CPU profiles of the last round to <prefix>-<process>.prof, one per process (gateways, broker, backend)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs, logs, databases)")
 	flag.Parse()
 
@@ -141,6 +144,22 @@ func start(ctx context.Context, ps *procs, o options) (*setup, error) {
 		return nil, fmt.Errorf("register (embedded): %w", err)
 	}
 	s.targets["plain"] = target{name: "plain", url: "http://127.0.0.1:" + pPort + "/orders/", tokens: toks(eAgents), proc: s.plain}
+	if strings.Contains(o.configs, "plain-headers") {
+		// plain reverse_proxy adding the five identity headers the
+		// gateway sets, with one agent's values: the cost of the headers
+		// alone, without any enforcement.
+		c := claimsOf(eAgents[0].Token)
+		hPort := port()
+		ph, err := ps.start("plain-headers", "", fmt.Sprintf(
+			"http://127.0.0.1:%s {\n\treverse_proxy %s {\n"+
+				"\t\theader_up X-AgentWrit-Agent-ID %q\n\t\theader_up X-AgentWrit-Task-ID %q\n\t\theader_up X-AgentWrit-Orch-ID %q\n"+
+				"\t\theader_up X-AgentWrit-Scope %q\n\t\theader_up X-AgentWrit-JTI %q\n\t}\n}\n",
+			hPort, upstream, c.Sub, c.TaskID, c.OrchID, strings.Join(c.Scope, " "), c.Jti))
+		if err != nil {
+			return nil, err
+		}
+		s.targets["plain-headers"] = target{name: "plain-headers", url: "http://127.0.0.1:" + hPort + "/orders/", tokens: toks(eAgents), proc: ph}
+	}
 	s.targets["embedded"] = target{name: "embedded", url: "http://127.0.0.1:" + ePort + "/orders/", tokens: toks(eAgents), proc: s.embedded}
 	if !needRemote {
 		return s, nil
@@ -180,8 +199,13 @@ func run(ctx context.Context, ps *procs, o options) error {
 	return compare(ctx, s, o)
 }
 
-// compare alternates the configurations in rounds (A B C D, A B C D, …) so
-// drift on a shared machine hits all alike, and prints medians.
+// sliceWarmup is the uncounted start of each slice: the gateway just
+// taking over the CPU from the previous one.
+const sliceWarmup = 100 * time.Millisecond
+
+// compare alternates the configurations in rounds (A B C D, A B C D, …),
+// and within a round every slice, so drift on a shared machine hits all
+// alike, and prints medians over rounds.
 func compare(ctx context.Context, s *setup, o options) error {
 	names := strings.Split(o.configs, ",")
 	samples := map[string][]sample{}
@@ -192,25 +216,78 @@ func compare(ctx context.Context, s *setup, o options) error {
 			return fmt.Errorf("unknown configuration %q", n)
 		}
 		rss0[n] = t.proc.rssKiB()
+		t.client, t.next = newClient(o.conns), new(atomic.Uint64)
+		s.targets[n] = t
 	}
-	for r := 1; r <= o.rounds; r++ {
+	if o.junk > 0 {
+		// Each gateway also runs with junk mixed in, right after its clean
+		// run, so the valid-token p99 has its baseline side by side.
+		var withJunk []string
 		for _, n := range names {
-			if ctx.Err() != nil {
-				return ctx.Err()
+			withJunk = append(withJunk, n)
+			if n != "plain" {
+				t := s.targets[n]
+				t.name, t.junk = n+"+junk", o.junk
+				s.targets[t.name] = t
+				rss0[t.name] = rss0[n]
+				withJunk = append(withJunk, t.name)
 			}
-			var stopProfile func() error
-			if o.profile != "" && n == "embedded" && r == o.rounds {
-				stopProfile = profileCPU(ctx, s.targets[n].proc, o.duration, o.profile)
+		}
+		names = withJunk
+	}
+	for _, n := range names {
+		if t := s.targets[n]; n != "plain" && !strings.HasSuffix(n, "+junk") && len(t.tokens) > 0 {
+			start := time.Now()
+			if err := warmTokens(ctx, t, o.conns); err != nil {
+				return err
 			}
-			smp := runLoad(ctx, s.targets[n], o.conns, o.duration, o.junk)
-			if stopProfile != nil {
-				if err := stopProfile(); err != nil {
-					logf("profile: %v", err)
+			logf("%s: sent each of %d tokens once in %v", n, len(t.tokens), time.Since(start).Round(time.Millisecond))
+		}
+	}
+	nSlices := max(1, int(o.duration/o.slice))
+	roundTime := time.Duration(len(names)) * (o.slice + sliceWarmup) * time.Duration(nSlices)
+	for r := 1; r <= o.rounds; r++ {
+		var stopProfiles []func() error
+		if o.profile != "" && r == o.rounds {
+			profiled := map[*proc]bool{}
+			procs := []*proc{s.backend, s.broker}
+			for _, n := range names {
+				procs = append(procs, s.targets[n].proc)
+			}
+			for _, p := range procs {
+				if p != nil && !profiled[p] {
+					profiled[p] = true
+					stopProfiles = append(stopProfiles, profileCPU(ctx, p, roundTime, o.profile+"-"+p.name+".prof"))
 				}
 			}
-			samples[n] = append(samples[n], smp)
-			logf("round %d %-15s %8.0f req/s  p50 %-10v p99 %-10v statuses %v transport errors %d",
-				r, n, smp.rps, smp.p50, smp.p99, smp.statuses, smp.transport)
+		}
+		round := map[string]*sample{}
+		for k := 0; k < nSlices; k++ {
+			for _, n := range names {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				warmup := sliceWarmup
+				if r == 1 && k == 0 {
+					warmup = time.Second // opens the connections
+				}
+				if round[n] == nil {
+					round[n] = &sample{}
+				}
+				round[n].add(runLoad(ctx, s.targets[n], o.conns, warmup, o.slice, k*o.conns))
+			}
+		}
+		for _, stop := range stopProfiles {
+			if err := stop(); err != nil {
+				logf("profile: %v", err)
+			}
+		}
+		for _, n := range names {
+			smp := round[n]
+			smp.finish()
+			samples[n] = append(samples[n], *smp)
+			logf("round %d %-15s %8.0f req/s  p50 %-10v p99 %-10v statuses %v transport errors %d  RSS %d KiB",
+				r, n, smp.rps, smp.p50.Round(time.Microsecond), smp.p99.Round(time.Microsecond), smp.statuses, smp.errs, s.targets[n].proc.rssKiB())
 		}
 	}
 	report(os.Stdout, names, samples, rss0, s, o)

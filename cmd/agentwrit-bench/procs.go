@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -168,3 +169,24 @@ func (p *proc) goroutines(ctx context.Context) int {
 	_, _ = fmt.Fscanf(resp.Body, "goroutine profile: total %d", &n)
 	return n
 }
+
+// cpuTime is the CPU time p has used so far (user + system), read from
+// /proc at the kernel's clock-tick resolution.
+func (p *proc) cpuTime() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the parenthesised command name; utime and stime are
+	// the 14th and 15th fields of the whole line.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ, which Linux fixes at 100 for user space.
+const clockTicks = 100

@@ -151,20 +151,30 @@ func (c *brokerClient) registerOneNew(ctx context.Context) (agent, error) {
 }
 
 // jtiOf reads the jti claim of a token without verifying it.
-func jtiOf(tok string) string {
+func jtiOf(tok string) string { return claimsOf(tok).Jti }
+
+// tokenClaims is what the harness reads back out of a token it was issued.
+type tokenClaims struct {
+	Sub    string   `json:"sub"`
+	Jti    string   `json:"jti"`
+	TaskID string   `json:"task_id"`
+	OrchID string   `json:"orch_id"`
+	Scope  []string `json:"scope"`
+}
+
+// claimsOf decodes the payload of tok without verifying it.
+func claimsOf(tok string) tokenClaims {
+	var c tokenClaims
 	parts := strings.Split(tok, ".")
 	if len(parts) != 3 {
-		return ""
+		return c
 	}
 	b, err := base64.RawURLEncoding.DecodeString(parts[1])
 	if err != nil {
-		return ""
-	}
-	var c struct {
-		Jti string `json:"jti"`
+		return c
 	}
 	_ = json.Unmarshal(b, &c)
-	return c.Jti
+	return c
 }
 
 // release hands a token back: from the moment this returns, the broker
