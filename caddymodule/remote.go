@@ -37,8 +37,9 @@ const (
 	// DefaultRemoteCacheTTL bounds how long a "valid" answer is reused,
 	// and so the revocation lag of a remote gateway.
 	DefaultRemoteCacheTTL = 30 * time.Second
-	// DefaultRemoteCacheSize bounds the number of cached answers
-	// (positive and negative); about 100 MB at worst with typical claims.
+	// DefaultRemoteCacheSize bounds the number of cached "valid" answers
+	// (plus a quarter as many "invalid" ones); about 100 MB at worst with
+	// typical claims.
 	DefaultRemoteCacheSize = 100000
 	// DefaultRemoteNegativeCacheTTL is how long a "valid":false answer is
 	// reused, so a client replaying a dead token costs the broker little.
@@ -75,7 +76,9 @@ type RemoteBroker struct {
 	// the token's exp. 0 turns caching off entirely: every request asks
 	// the broker, and concurrent requests are not coalesced.
 	CacheTTL *caddy.Duration `json:"cache_ttl,omitempty"`
-	// CacheSize bounds the number of cached answers (default 100000).
+	// CacheSize bounds the number of cached "valid" answers (default
+	// 100000). "valid":false answers are kept in a separate LRU of a
+	// quarter of this size, so junk cannot evict valid tokens.
 	CacheSize int `json:"cache_size,omitempty"`
 	// NegativeCacheTTL is how long a "valid":false answer is reused
 	// (default 5s); 0 caches no negative answers.
@@ -247,24 +250,27 @@ func newRemoteMetrics(reg prometheus.Registerer) (*remoteMetrics, error) {
 	return m, errors.Join(errs...)
 }
 
-// cacheEntry is one cached broker answer. claims == nil is a negative
-// ("valid":false) entry. Times are Unix nanoseconds.
+// cacheEntry is one cached "valid" answer. Times are Unix nanoseconds.
 type cacheEntry struct {
 	claims *broker.Claims
 	fresh  int64 // answer reusable until then
-	stale  int64 // positive only: usable under stale_if_error until then (≤ exp)
+	stale  int64 // usable under stale_if_error until then (≤ exp)
 }
 
 // remoteValidator validates through POST <broker>/v1/token/validate.
 type remoteValidator struct {
-	s       remoteSettings
-	client  *http.Client
-	cache   *expirable.LRU[[32]byte, *cacheEntry] // nil: cache_ttl 0
-	group   singleflight.Group
-	metrics *remoteMetrics
-	logger  *zap.Logger
-	failing atomic.Bool // last call failed: log transitions, not every failure
-	now     func() time.Time
+	s      remoteSettings
+	client *http.Client
+	cache  *expirable.LRU[[32]byte, *cacheEntry] // "valid" answers; nil: cache_ttl 0
+	// negative holds "valid":false answers (value: fresh until, Unix nanos)
+	// apart from cache, so a flood of junk tokens, each refused once, cannot
+	// push the valid tokens out. nil: no negative caching.
+	negative *expirable.LRU[[32]byte, int64]
+	group    singleflight.Group
+	metrics  *remoteMetrics
+	logger   *zap.Logger
+	failing  atomic.Bool // last call failed: log transitions, not every failure
+	now      func() time.Time
 }
 
 // newRemoteValidator builds the client and the cache. No network I/O.
@@ -308,6 +314,9 @@ func (rb *RemoteBroker) newValidator(reg prometheus.Registerer, logger *zap.Logg
 	}
 	if s.cacheTTL > 0 {
 		v.cache = expirable.NewLRU[[32]byte, *cacheEntry](s.cacheSize, nil, 0)
+		if s.negativeTTL > 0 {
+			v.negative = expirable.NewLRU[[32]byte, int64](max(1, s.cacheSize/negativeShare), nil, 0)
+		}
 	}
 	return v, nil
 }
@@ -321,6 +330,42 @@ func (v *remoteValidator) close() {
 	if v.cache != nil {
 		v.cache.Purge()
 	}
+	if v.negative != nil {
+		v.negative.Purge()
+	}
+}
+
+// negativeShare: the negative cache holds cache_size/negativeShare entries.
+const negativeShare = 4
+
+// cached returns a fresh cached answer for key: claims, or errBrokerSaysNo
+// for a fresh negative one. ok is false when there is none; stale is a
+// positive entry past fresh that stale_if_error may still serve. peek
+// reads without touching recency.
+func (v *remoteValidator) cached(key [32]byte, peek bool) (c *broker.Claims, stale *cacheEntry, ok bool) {
+	now := v.now().UnixNano()
+	get := v.cache.Get
+	if peek {
+		get = v.cache.Peek
+	}
+	if e, found := get(key); found {
+		if now < e.fresh {
+			return e.claims, nil, true
+		}
+		if now < e.stale {
+			stale = e
+		}
+	}
+	if v.negative != nil {
+		getNeg := v.negative.Get
+		if peek {
+			getNeg = v.negative.Peek
+		}
+		if fresh, found := getNeg(key); found && now < fresh {
+			return nil, stale, true
+		}
+	}
+	return nil, stale, false
 }
 
 // localClaims are what the pre-check reads from the token's payload.
@@ -402,19 +447,13 @@ func (v *remoteValidator) validate(ctx context.Context, tok string) (*broker.Cla
 		return nil, errNotJWT
 	}
 	key := sha256.Sum256([]byte(tok))
-	var stale *cacheEntry
-	if e, ok := v.cache.Get(key); ok {
-		now := v.now().UnixNano()
-		if now < e.fresh {
-			v.metrics.hits.Inc()
-			if e.claims == nil {
-				return nil, errBrokerSaysNo
-			}
-			return e.claims, nil
+	c, stale, ok := v.cached(key, false)
+	if ok {
+		v.metrics.hits.Inc()
+		if c == nil {
+			return nil, errBrokerSaysNo
 		}
-		if e.claims != nil && now < e.stale {
-			stale = e
-		}
+		return c, nil
 	}
 	lc, err := precheck(tok, v.now())
 	if err != nil {
@@ -424,11 +463,11 @@ func (v *remoteValidator) validate(ctx context.Context, tok string) (*broker.Cla
 	ch := v.group.DoChan(string(key[:]), func() (any, error) {
 		// A request that missed just before another's answer was cached
 		// must not call again.
-		if e, ok := v.cache.Peek(key); ok && v.now().UnixNano() < e.fresh {
-			if e.claims == nil {
+		if c, _, ok := v.cached(key, true); ok {
+			if c == nil {
 				return nil, errBrokerSaysNo
 			}
-			return e.claims, nil
+			return c, nil
 		}
 		c, err := v.call(context.WithoutCancel(ctx), tok, lc)
 		v.store(key, c, err)
@@ -459,6 +498,12 @@ func (v *remoteValidator) store(key [32]byte, c *broker.Claims, err error) {
 	now := v.now()
 	var e *cacheEntry
 	switch {
+	case errors.Is(err, errBrokerSaysNo):
+		v.cache.Remove(key) // a stale "valid" of a now-revoked token
+		if v.negative != nil && v.negative.Add(key, now.Add(v.s.negativeTTL).UnixNano()) {
+			v.metrics.evictions.Inc()
+		}
+		return
 	case err == nil:
 		exp := time.Unix(c.Exp, 0)
 		fresh := now.Add(v.s.cacheTTL)
@@ -470,8 +515,6 @@ func (v *remoteValidator) store(key [32]byte, c *broker.Claims, err error) {
 			stale = exp
 		}
 		e = &cacheEntry{claims: c, fresh: fresh.UnixNano(), stale: stale.UnixNano()}
-	case errors.Is(err, errBrokerSaysNo) && v.s.negativeTTL > 0:
-		e = &cacheEntry{fresh: now.Add(v.s.negativeTTL).UnixNano()}
 	default:
 		return
 	}

@@ -429,6 +429,18 @@ func TestRemoteFaults(t *testing.T) {
 		requireInvalid(t, g.get("/orders/42", tok), "still negatively cached")
 		eventually(t, 2*time.Second, func() bool { return g.get("/orders/42", tok).status == http.StatusOK }, "negative entry expires")
 	})
+	t.Run("refused tokens cannot push valid ones out of the cache", func(t *testing.T) {
+		f, g := newFake(t, RemoteBroker{CacheSize: 8})
+		good := FakeToken(t, exp, "read:orders:42")
+		require.Equal(t, http.StatusOK, g.get("/orders/42", good).status)
+		f.Set(FakeBody(`{"valid":false}`))
+		for range 50 { // six times the cache size, each refused and cached negatively
+			requireInvalid(t, g.get("/orders/42", FakeToken(t, exp, "read:orders:42")))
+		}
+		calls := f.Calls()
+		require.Equal(t, http.StatusOK, g.get("/orders/42", good).status)
+		require.Equal(t, calls, f.Calls(), "the valid token is still cached")
+	})
 	t.Run("slow then recovering", func(t *testing.T) {
 		f, g := newFake(t, RemoteBroker{Timeout: caddy.Duration(200 * time.Millisecond)})
 		var slow atomic.Bool
