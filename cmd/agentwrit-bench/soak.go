@@ -10,32 +10,62 @@ import (
 	"time"
 )
 
-// soakPool is the tokens the soak's workers use, and when each stopped
-// being valid as far as a client can know (its revoke/release returned).
+// soakPool is the tokens the soak's workers use: live ones, and dead ones
+// with when each stopped being valid as far as a client can know (its
+// revoke or release call returned).
 type soakPool struct {
-	mu      sync.RWMutex
-	agents  []agent
-	revoked map[string]time.Time
+	mu         sync.RWMutex
+	live, dead []agent
+	revoked    map[string]time.Time
 }
 
-func (p *soakPool) pick() (agent, time.Time, bool) {
+// pick returns a live token nine times in ten, a dead one otherwise, so
+// the load is mostly allowed traffic that keeps probing revocations.
+func (p *soakPool) pick() agent {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	a := p.agents[randInt(len(p.agents))]
-	t, dead := p.revoked[a.Token]
-	return a, t, dead
+	if len(p.dead) > 0 && (len(p.live) == 0 || randInt(10) == 0) {
+		return p.dead[randInt(len(p.dead))]
+	}
+	return p.live[randInt(len(p.live))]
+}
+
+// victim returns a live token to revoke or release.
+func (p *soakPool) victim() (agent, bool) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if len(p.live) == 0 {
+		return agent{}, false
+	}
+	return p.live[randInt(len(p.live))], true
+}
+
+// deadSince says when tok's revoke or release call returned, if it has.
+func (p *soakPool) deadSince(tok string) (time.Time, bool) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	t, dead := p.revoked[tok]
+	return t, dead
 }
 
 func (p *soakPool) add(a agent) {
 	p.mu.Lock()
-	p.agents = append(p.agents, a)
+	p.live = append(p.live, a)
 	p.mu.Unlock()
 }
 
+// kill records that tok's revoke or release returned at at.
 func (p *soakPool) kill(tok string, at time.Time) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.revoked[tok] = at
-	p.mu.Unlock()
+	for i, a := range p.live {
+		if a.Token == tok {
+			p.live = append(p.live[:i], p.live[i+1:]...)
+			p.dead = append(p.dead, a)
+			return
+		}
+	}
 }
 
 // soakCounters are the invariants the soak checks.
@@ -62,16 +92,20 @@ func soak(ctx context.Context, ps *procs, s *setup, o options) error {
 	mkPool := func(toks []string) *soakPool {
 		p := &soakPool{revoked: map[string]time.Time{}}
 		for _, t := range toks {
-			p.agents = append(p.agents, agent{Token: t})
+			p.live = append(p.live, agent{Token: t})
 		}
 		return p
 	}
 	emb := &gw{t: s.targets["embedded"], pool: mkPool(s.targets["embedded"].tokens), broker: s.embeddedBroker}
 	rem := &gw{t: s.targets["remote"], lag: o.remoteTTL, pool: mkPool(s.targets["remote"].tokens), broker: s.remoteBroker}
-	gws := []*gw{emb, rem}
+	// cache_ttl 0 shares the cached gateway's broker and tokens (so its
+	// revocations), and must never allow a revoked token at all.
+	remNC := &gw{t: s.targets["remote-nocache"], pool: rem.pool, broker: s.remoteBroker}
+	gws := []*gw{emb, rem, remNC}
 
 	var brokerDown atomic.Bool
 	var upSince atomic.Int64 // unix nanos when the broker last came back
+	var restarts atomic.Int64
 	upSince.Store(time.Now().UnixNano())
 	const grace = 3 * time.Second
 
@@ -84,7 +118,7 @@ func soak(ctx context.Context, ps *procs, s *setup, o options) error {
 			go func() {
 				defer wg.Done()
 				for ctx.Err() == nil {
-					a, deadAt, dead := g.pool.pick()
+					a := g.pool.pick()
 					req, _ := http.NewRequestWithContext(ctx, "GET", g.t.url+"1", nil)
 					req.Header.Set("Authorization", "Bearer "+a.Token)
 					start := time.Now()
@@ -100,10 +134,13 @@ func soak(ctx context.Context, ps *procs, s *setup, o options) error {
 					switch code := resp.StatusCode; {
 					case code == http.StatusOK:
 						g.c.ok.Add(1)
-						if dead && start.After(deadAt.Add(g.lag)) {
+						// Looked up after the answer, so a revoke that
+						// returned while the request was in flight counts
+						// too: allowed is wrong if the request started later.
+						if deadAt, dead := g.pool.deadSince(a.Token); dead && start.After(deadAt.Add(g.lag)) {
 							g.c.lateAllows.Add(1)
 						}
-						if g == rem && time.Since(time.Unix(0, upSince.Load())) < 10*time.Second {
+						if g != emb && restarts.Load() > 0 && time.Since(time.Unix(0, upSince.Load())) < 10*time.Second {
 							g.c.okAfterRestart.Add(1)
 						}
 					case code == http.StatusServiceUnavailable:
@@ -121,8 +158,9 @@ func soak(ctx context.Context, ps *procs, s *setup, o options) error {
 		}
 	}
 
-	// Churn: revoke or release a token every 200 ms, register an agent per second.
-	for _, g := range gws {
+	// Churn, in each broker: every 200 ms revoke or release a live token
+	// and register a new agent in its place.
+	for _, g := range []*gw{emb, rem} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -137,8 +175,8 @@ func soak(ctx context.Context, ps *procs, s *setup, o options) error {
 				if brokerDown.Load() && g == rem {
 					continue
 				}
-				a, _, dead := g.pool.pick()
-				if dead {
+				a, ok := g.pool.victim()
+				if !ok {
 					continue
 				}
 				var err error
@@ -150,13 +188,12 @@ func soak(ctx context.Context, ps *procs, s *setup, o options) error {
 						err = g.broker.revoke(ctx, admin, jtiOf(a.Token))
 					}
 				}
-				if err == nil {
-					g.pool.kill(a.Token, time.Now())
+				if err != nil {
+					continue
 				}
-				if i%5 == 0 {
-					if na, err := g.broker.registerOneNew(ctx); err == nil {
-						g.pool.add(na)
-					}
+				g.pool.kill(a.Token, time.Now())
+				if na, err := g.broker.registerOneNew(ctx); err == nil {
+					g.pool.add(na)
 				}
 			}
 		}()
@@ -185,59 +222,72 @@ func soak(ctx context.Context, ps *procs, s *setup, o options) error {
 				return
 			}
 			upSince.Store(time.Now().UnixNano())
+			restarts.Add(1)
 			brokerDown.Store(false)
 			logf("soak: remote broker back")
 		}
 	}()
 
-	// Resource samples of the gateways.
-	type res struct{ g0, g1, r0, r1 int }
+	// Resource samples of the gateways under load, every 30 s from 30 s
+	// in (once the caches and pools have filled).
+	type res struct{ goroutines, rssKiB []int }
 	stats := map[string]*res{}
-	sampleRes := func(first bool) {
-		for _, g := range gws {
-			st := stats[g.t.name]
-			if st == nil {
-				st = &res{}
-				stats[g.t.name] = st
+	tick := time.NewTicker(30 * time.Second)
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case <-tick.C:
+			if ctx.Err() != nil { // the load is over: not a sample under load
+				done = true
+				break
 			}
-			gr, rss := g.t.proc.goroutines(context.Background()), g.t.proc.rssKiB()
-			if first {
-				st.g0, st.r0 = gr, rss
+			for _, g := range gws {
+				st := stats[g.t.name]
+				if st == nil {
+					st = &res{}
+					stats[g.t.name] = st
+				}
+				st.goroutines = append(st.goroutines, g.t.proc.goroutines(context.Background()))
+				st.rssKiB = append(st.rssKiB, g.t.proc.rssKiB())
 			}
-			st.g1, st.r1 = gr, rss
 		}
 	}
-	warm := time.After(30 * time.Second)
-	select {
-	case <-warm:
-		sampleRes(true)
-	case <-ctx.Done():
-	}
+	tick.Stop()
 	wg.Wait()
-	sampleRes(false)
 
-	fmt.Printf("\nsoak %v: %d connections, revoke/release every 200 ms, a new agent every second, remote broker killed every ~50 s\n\n", o.soak, o.conns)
+	fmt.Printf("\nsoak %v: %d connections, every 200 ms a token revoked or released and a new agent registered, remote broker killed every ~50 s\n\n", o.soak, o.conns)
 	failed := false
 	for _, g := range gws {
 		c := &g.c
 		st := stats[g.t.name]
-		fmt.Printf("%-9s ok %d  denied %d  503 %d (with broker up: %d)  other 5xx %d  transport errors %d  allowed after revoke: %d  ok within 10 s of a broker restart: %d\n",
+		fmt.Printf("%-14s ok %d  denied %d  503 %d (with broker up: %d)  other 5xx %d  transport errors %d  allowed after revoke: %d  ok within 10 s of a broker restart: %d\n",
 			g.t.name, c.ok.Load(), c.denied.Load(), c.unavailable.Load(), c.unavailableWhileUp.Load(), c.other5xx.Load(),
 			c.transport.Load(), c.lateAllows.Load(), c.okAfterRestart.Load())
-		if st != nil {
-			fmt.Printf("%-9s goroutines %d → %d, RSS %d → %d KiB (from 30 s in to the end)\n", g.t.name, st.g0, st.g1, st.r0, st.r1)
+		if st != nil && len(st.goroutines) >= 2 {
+			fmt.Printf("%-14s every 30 s under load: goroutines %v, RSS KiB %v\n", g.t.name, st.goroutines, st.rssKiB)
+			// Growth is the last sample against the first, with room for
+			// the agents registered meanwhile and the GC's swings.
+			g0, g1 := st.goroutines[0], st.goroutines[len(st.goroutines)-1]
+			r0, r1 := st.rssKiB[0], st.rssKiB[len(st.rssKiB)-1]
+			if g1 > g0+g0/10+5 || r1 > r0+r0/5 {
+				fmt.Printf("%-14s grew: goroutines %d → %d, RSS %d → %d KiB\n", g.t.name, g0, g1, r0, r1)
+				failed = true
+			}
 		}
-		if c.lateAllows.Load() > 0 || c.other5xx.Load() > 0 || (g == emb && c.unavailable.Load() > 0) || c.unavailableWhileUp.Load() > 0 {
+		if c.lateAllows.Load() > 0 || c.other5xx.Load() > 0 || c.transport.Load() > 0 || (g == emb && c.unavailable.Load() > 0) || c.unavailableWhileUp.Load() > 0 {
 			failed = true
 		}
 	}
-	if rem.c.okAfterRestart.Load() == 0 && o.soak > time.Minute {
-		fmt.Println("remote gateway never recovered after a broker restart")
-		failed = true
+	for _, g := range []*gw{rem, remNC} {
+		if g.c.okAfterRestart.Load() == 0 && o.soak > time.Minute {
+			fmt.Printf("%s never recovered after a broker restart\n", g.t.name)
+			failed = true
+		}
 	}
 	if failed {
 		return fmt.Errorf("soak invariants violated")
 	}
-	fmt.Println("\nsoak invariants held: nothing allowed after revocation, no 5xx but 503 while the broker was down, recovery after restarts")
+	fmt.Println("\nsoak invariants held: nothing allowed after revocation, no 5xx but 503 while the broker was down, recovery after restarts, no goroutine or memory growth")
 	return nil
 }
