@@ -162,6 +162,7 @@ func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 // Appends are group-committed: while one batch is being written, later
 // appends queue up, and the next writer commits the whole queue in one
 // transaction, so a burst of denials costs one fsync instead of one each.
+// A write that fails fails every append of its batch, and none is chained.
 type auditLog struct {
 	writeMu sync.Mutex // held by the one appender writing a batch
 

@@ -56,9 +56,13 @@ func report(w io.Writer, names []string, samples map[string][]sample, rss0 map[s
 			junkP99 = median(jp99s).Round(time.Microsecond).String()
 		}
 		growth := s.targets[n].proc.rssKiB() - rss0[n]
-		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%v\t%v\t%s\t%s\t%s\t%v\t%s\t%d KiB\t%d B\t%d\t\n", n, median(rs), ratio(ss, samples["plain"], rps),
+		perToken := "-" // meaningful only once the tokens outweigh the GC's noise
+		if o.tokens >= 10000 {
+			perToken = fmt.Sprintf("%d B", growth*1024/o.tokens)
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%v\t%v\t%s\t%s\t%s\t%v\t%s\t%d KiB\t%s\t%d\t\n", n, median(rs), ratio(ss, samples["plain"], rps),
 			median(p50s).Round(time.Microsecond), median(p99s).Round(time.Microsecond), ratio(ss, samples["plain"], p99),
-			junkRatio, junkP99, median(cpus).Round(time.Microsecond/10), ratio(ss, samples["plain"], cpu), growth, growth*1024/max(1, o.tokens), failures)
+			junkRatio, junkP99, median(cpus).Round(time.Microsecond/10), ratio(ss, samples["plain"], cpu), growth, perToken, failures)
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "\nCPU/req: CPU time of the gateway process per request (remote: without its broker's)")
