@@ -40,9 +40,7 @@ func (b *Broker) handleAdminAuth(w http.ResponseWriter, r *http.Request) {
 			`Admin auth format changed. Use {"secret": "..."} instead of client_id/client_secret`)
 		return
 	}
-	var req struct {
-		Secret string `json:"secret"`
-	}
+	var req AdminAuthRequest
 	if json.Unmarshal(body, &req) != nil { // strict: trailing bytes are an error here
 		badJSON(w, r)
 		return
@@ -65,11 +63,7 @@ func (b *Broker) handleAdminAuth(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	b.audit(r.Context(), Event{EventType: EventAdminAuth, Detail: "admin authenticated as admin", Outcome: OutcomeSuccess})
-	writeJSON(w, http.StatusOK, struct {
-		AccessToken string `json:"access_token"`
-		ExpiresIn   int64  `json:"expires_in"`
-		TokenType   string `json:"token_type"`
-	}{tok, ttl, "Bearer"})
+	writeJSON(w, http.StatusOK, AuthResponse{tok, ttl, "Bearer"})
 }
 
 // handleLaunchToken serves both launch-token routes. Callers with an app
@@ -77,13 +71,7 @@ func (b *Broker) handleAdminAuth(w http.ResponseWriter, r *http.Request) {
 // active app's own token is accepted (D5).
 func (b *Broker) handleLaunchToken(w http.ResponseWriter, r *http.Request) {
 	c := claimsFrom(r)
-	var req struct {
-		AgentName    string   `json:"agent_name"`
-		AllowedScope []string `json:"allowed_scope"`
-		MaxTTL       int64    `json:"max_ttl"`
-		SingleUse    *bool    `json:"single_use"`
-		TTL          int64    `json:"ttl"`
-	}
+	var req LaunchTokenRequest
 	if !decodeJSON(r, &req) {
 		badJSON(w, r)
 		return
@@ -153,15 +141,8 @@ func (b *Broker) handleLaunchToken(w http.ResponseWriter, r *http.Request) {
 	}
 	b.audit(ctx, Event{EventType: EventLaunchTokenIssued, Detail: detail, Outcome: OutcomeSuccess})
 	b.obs.LaunchTokenCreated()
-	type policy struct {
-		AllowedScope []string `json:"allowed_scope"`
-		MaxTTL       int64    `json:"max_ttl"`
-	}
-	writeJSON(w, http.StatusCreated, struct {
-		LaunchToken string `json:"launch_token"`
-		ExpiresAt   string `json:"expires_at"`
-		Policy      policy `json:"policy"`
-	}{tok, lt.ExpiresAt.UTC().Truncate(time.Second).Format(time.RFC3339), policy{lt.AllowedScope, lt.MaxTTL}})
+	writeJSON(w, http.StatusCreated, LaunchTokenResponse{
+		tok, lt.ExpiresAt.UTC().Truncate(time.Second).Format(time.RFC3339), LaunchPolicy{lt.AllowedScope, lt.MaxTTL}})
 }
 
 // dummySecretHash is compared against when a client_id is unknown, so the
@@ -173,10 +154,7 @@ var dummySecretHash = sync.OnceValue(func() []byte {
 })
 
 func (b *Broker) handleAppAuth(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		ClientID     string `json:"client_id"`
-		ClientSecret string `json:"client_secret"`
-	}
+	var req AppAuthRequest
 	if !decodeJSON(r, &req) {
 		badJSON(w, r)
 		return
@@ -216,10 +194,5 @@ func (b *Broker) handleAppAuth(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	b.audit(ctx, Event{EventType: EventAppAuthenticated, Detail: "client_id=" + app.ClientID + " app_id=" + app.AppID, Outcome: OutcomeSuccess})
-	writeJSON(w, http.StatusOK, struct {
-		AccessToken string   `json:"access_token"`
-		ExpiresIn   int64    `json:"expires_in"`
-		TokenType   string   `json:"token_type"`
-		Scopes      []string `json:"scopes"`
-	}{tok, ttl, "Bearer", appScopes})
+	writeJSON(w, http.StatusOK, AppAuthResponse{tok, ttl, "Bearer", appScopes})
 }

@@ -48,11 +48,7 @@ func clientIDPrefix(name string) string {
 }
 
 func (b *Broker) handleCreateApp(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Name     string   `json:"name"`
-		Scopes   []string `json:"scopes"`
-		TokenTTL *int64   `json:"token_ttl"`
-	}
+	var req AppRequest
 	if !decodeJSON(r, &req) {
 		badJSON(w, r)
 		return
@@ -111,15 +107,7 @@ func (b *Broker) handleCreateApp(w http.ResponseWriter, r *http.Request) {
 		Detail: fmt.Sprintf("app=%s client_id=%s scopes=%v token_ttl=%d", app.Name, app.ClientID, app.Scopes, app.TokenTTL),
 	})
 	// name and status are empty in upstream's 201 body; clients may rely on it.
-	writeJSON(w, http.StatusCreated, struct {
-		AppID        string   `json:"app_id"`
-		Name         string   `json:"name"`
-		ClientID     string   `json:"client_id"`
-		ClientSecret string   `json:"client_secret"`
-		Scopes       []string `json:"scopes"`
-		TokenTTL     int64    `json:"token_ttl"`
-		Status       string   `json:"status"`
-	}{app.AppID, "", app.ClientID, secret, app.Scopes, app.TokenTTL, ""})
+	writeJSON(w, http.StatusCreated, AppCredentials{app.AppID, "", app.ClientID, secret, app.Scopes, app.TokenTTL, ""})
 }
 
 func (b *Broker) handleListApps(w http.ResponseWriter, r *http.Request) {
@@ -129,10 +117,7 @@ func (b *Broker) handleListApps(w http.ResponseWriter, r *http.Request) {
 		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to list apps")
 		return
 	}
-	writeJSON(w, http.StatusOK, struct {
-		Apps  []*App `json:"apps"`
-		Total int    `json:"total"`
-	}{apps, len(apps)})
+	writeJSON(w, http.StatusOK, AppList{apps, len(apps)})
 }
 
 // appOr404 loads the app named by the {id} path value.
@@ -158,10 +143,7 @@ func (b *Broker) handleGetApp(w http.ResponseWriter, r *http.Request) {
 
 // handleUpdateApp validates everything before changing anything (D8).
 func (b *Broker) handleUpdateApp(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Scopes   []string `json:"scopes"`
-		TokenTTL *int64   `json:"token_ttl"`
-	}
+	var req AppRequest
 	if !decodeJSON(r, &req) {
 		badJSON(w, r)
 		return
@@ -234,13 +216,5 @@ func (b *Broker) handleDeleteApp(w http.ResponseWriter, r *http.Request) {
 	}
 	b.audit(ctx, Event{EventType: EventAppDeregistered, Outcome: OutcomeSuccess,
 		Detail: "app_id=" + app.AppID + " name=" + app.Name + " deregistered_by=" + claimsFrom(r).Sub})
-	writeJSON(w, http.StatusOK, struct {
-		AppID          string   `json:"app_id"`
-		Name           string   `json:"name"`
-		ClientID       string   `json:"client_id"`
-		Scopes         []string `json:"scopes"`
-		TokenTTL       int64    `json:"token_ttl"`
-		Status         string   `json:"status"`
-		DeregisteredAt string   `json:"deregistered_at"`
-	}{AppID: app.AppID, Status: appInactive, DeregisteredAt: now.UTC().Truncate(time.Second).Format(time.RFC3339)})
+	writeJSON(w, http.StatusOK, AppDeregistration{AppID: app.AppID, Status: appInactive, DeregisteredAt: now.UTC().Truncate(time.Second).Format(time.RFC3339)})
 }

@@ -42,11 +42,7 @@ func ChainHash(chain []DelegRecord) (string, error) {
 
 func (b *Broker) handleDelegate(w http.ResponseWriter, r *http.Request) {
 	c := claimsFrom(r)
-	var req struct {
-		DelegateTo string   `json:"delegate_to"`
-		Scope      []string `json:"scope"`
-		TTL        int64    `json:"ttl"`
-	}
+	var req DelegateRequest
 	if !decodeJSON(r, &req) {
 		badJSON(w, r)
 		return
@@ -119,9 +115,5 @@ func (b *Broker) handleDelegate(w http.ResponseWriter, r *http.Request) {
 		Detail:  fmt.Sprintf("delegation from %s to %s scope=%v depth=%d", c.Sub, req.DelegateTo, req.Scope, len(chain)),
 		Outcome: OutcomeSuccess, DelegDepth: len(chain), DelegChainHash: hash,
 	})
-	writeJSON(w, http.StatusOK, struct {
-		AccessToken     string        `json:"access_token"`
-		ExpiresIn       int64         `json:"expires_in"`
-		DelegationChain []DelegRecord `json:"delegation_chain"`
-	}{tok, ttl, chain})
+	writeJSON(w, http.StatusOK, DelegateResponse{tok, ttl, chain})
 }

@@ -25,22 +25,12 @@ func validSegment(s string) bool {
 	return true
 }
 
-type registerRequest struct {
-	LaunchToken    string   `json:"launch_token"`
-	Nonce          string   `json:"nonce"`
-	PublicKey      string   `json:"public_key"`
-	Signature      string   `json:"signature"`
-	OrchID         string   `json:"orch_id"`
-	TaskID         string   `json:"task_id"`
-	RequestedScope []string `json:"requested_scope"`
-}
-
 // handleRegister follows upstream's order (§10.5) so that nothing is
 // consumed by a request that fails before the nonce check, and adds two
 // checks: orch_id/task_id are validated up front (D3), and small-order
 // public keys are refused.
 func (b *Broker) handleRegister(w http.ResponseWriter, r *http.Request) {
-	var req registerRequest
+	var req RegisterRequest
 	if !decodeJSON(r, &req) {
 		badJSON(w, r)
 		return
@@ -156,9 +146,5 @@ func (b *Broker) handleRegister(w http.ResponseWriter, r *http.Request) {
 	})
 	b.obs.Registration(true)
 	b.obs.AgentRegistered()
-	writeJSON(w, http.StatusOK, struct {
-		AgentID     string `json:"agent_id"`
-		AccessToken string `json:"access_token"`
-		ExpiresIn   int64  `json:"expires_in"`
-	}{agentID, tok, ttl})
+	writeJSON(w, http.StatusOK, RegisterResponse{agentID, tok, ttl})
 }

@@ -14,20 +14,11 @@ func (b *Broker) handleChallenge(w http.ResponseWriter, r *http.Request) {
 		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to generate nonce")
 		return
 	}
-	writeJSON(w, http.StatusOK, struct {
-		Nonce     string `json:"nonce"`
-		ExpiresIn int    `json:"expires_in"`
-	}{n, int(nonceTTL / time.Second)})
+	writeJSON(w, http.StatusOK, Challenge{n, int(nonceTTL / time.Second)})
 }
 
 func (b *Broker) handleHealth(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, struct {
-		Status           string `json:"status"`
-		Version          string `json:"version"`
-		Uptime           int64  `json:"uptime"`
-		DBConnected      bool   `json:"db_connected"`
-		AuditEventsCount int64  `json:"audit_events_count"`
-	}{"ok", Version, int64(b.now().Sub(b.started) / time.Second), b.store.db.PingContext(r.Context()) == nil, b.store.audit.count()})
+	writeJSON(w, http.StatusOK, Health{"ok", Version, int64(b.now().Sub(b.started) / time.Second), b.store.db.PingContext(r.Context()) == nil, b.store.audit.count()})
 }
 
 func (b *Broker) handleMetrics(w http.ResponseWriter, r *http.Request) {
@@ -57,9 +48,7 @@ func validateToken(body []byte) (string, bool) {
 			return string(rest[:end]), true
 		}
 	}
-	var req struct {
-		Token string `json:"token"`
-	}
+	var req ValidateRequest
 	if json.NewDecoder(bytes.NewReader(body)).Decode(&req) != nil {
 		return "", false
 	}
@@ -84,11 +73,6 @@ func (b *Broker) handleValidate(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(resp)
-}
-
-type tokenResponse struct {
-	AccessToken string `json:"access_token"`
-	ExpiresIn   int64  `json:"expires_in"`
 }
 
 func (b *Broker) handleRenew(w http.ResponseWriter, r *http.Request) {
@@ -119,7 +103,7 @@ func (b *Broker) handleRenew(w http.ResponseWriter, r *http.Request) {
 		EventType: EventTokenRenewed, AgentID: old.Sub, TaskID: old.TaskID, OrchID: old.OrchID,
 		Detail: "token renewed for agent=" + old.Sub + " new_jti=" + c.Jti, Outcome: OutcomeSuccess,
 	})
-	writeJSON(w, http.StatusOK, tokenResponse{tok, ttl})
+	writeJSON(w, http.StatusOK, TokenResponse{tok, ttl})
 }
 
 func (b *Broker) handleRelease(w http.ResponseWriter, r *http.Request) {
@@ -137,10 +121,7 @@ func (b *Broker) handleRelease(w http.ResponseWriter, r *http.Request) {
 }
 
 func (b *Broker) handleRevoke(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Level  string `json:"level"`
-		Target string `json:"target"`
-	}
+	var req RevokeRequest
 	if !decodeJSON(r, &req) {
 		badJSON(w, r)
 		return
@@ -163,12 +144,7 @@ func (b *Broker) handleRevoke(w http.ResponseWriter, r *http.Request) {
 		EventType: EventTokenRevoked, AgentID: req.Target,
 		Detail: "revoked at level=" + req.Level + " target=" + req.Target, Outcome: OutcomeSuccess,
 	})
-	writeJSON(w, http.StatusOK, struct {
-		Revoked bool   `json:"revoked"`
-		Level   string `json:"level"`
-		Target  string `json:"target"`
-		Count   int    `json:"count"`
-	}{true, req.Level, req.Target, 1})
+	writeJSON(w, http.StatusOK, RevokeResponse{true, req.Level, req.Target, 1})
 }
 
 // Audit paging, as upstream (§10.10).
@@ -201,10 +177,5 @@ func (b *Broker) handleAuditEvents(w http.ResponseWriter, r *http.Request) {
 		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to query audit events")
 		return
 	}
-	writeJSON(w, http.StatusOK, struct {
-		Events []Event `json:"events"`
-		Total  int     `json:"total"`
-		Offset int     `json:"offset"`
-		Limit  int     `json:"limit"`
-	}{events, total, offset, limit})
+	writeJSON(w, http.StatusOK, AuditPage{events, total, offset, limit})
 }
