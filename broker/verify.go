@@ -116,11 +116,8 @@ func (v *verifier) verify(tok string) (*Claims, error) {
 	}
 	// encoding/json decodes into a struct, where a later duplicate silently
 	// wins and "Scope" (or "ſcope") fills "scope": refuse any ambiguity.
-	if err := uniqueKeys(payload); err != nil {
-		return nil, fmt.Errorf("%w: payload: %v", ErrMalformedToken, err)
-	}
 	c := new(Claims)
-	if err := json.Unmarshal(payload, c); err != nil {
+	if err := DecodeStrict(payload, c); err != nil {
 		return nil, fmt.Errorf("%w: payload: %v", ErrMalformedToken, err)
 	}
 	if err := v.checkClaims(c); err != nil {
@@ -188,6 +185,18 @@ func (v *verifier) checkClaims(c *Claims) error {
 		return ErrIssuerMismatch
 	}
 	return nil
+}
+
+// DecodeStrict unmarshals b, which must be exactly one JSON object, into v,
+// refusing what encoding/json would silently resolve: a member name given
+// twice, or two names that differ only in case (encoding/json matches names
+// to fields case-insensitively, so {"valid":false,"Valid":true} would be
+// read as true). Tokens and broker answers are read through it.
+func DecodeStrict(b []byte, v any) error {
+	if err := uniqueKeys(b); err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
 }
 
 // uniqueKeys checks that b is exactly one JSON object in which no object, at
