@@ -77,17 +77,27 @@ func precheck(tok string) error {
 // "header.payload". It knows nothing about JWT claims, so it also checks
 // non-JWT JWS such as RFC 8037's A.4 example.
 func verifyJWS(pub ed25519.PublicKey, signingInput, sigSegment string) error {
-	sig, err := b64.DecodeString(sigSegment)
+	sig, err := decodeSignature(sigSegment)
 	if err != nil {
-		return fmt.Errorf("%w: signature: %v", ErrMalformedToken, err)
-	}
-	if len(sig) != ed25519.SignatureSize {
-		return fmt.Errorf("%w: signature is %d bytes", ErrMalformedToken, len(sig))
+		return err
 	}
 	if err := jwt.SigningMethodEdDSA.Verify(signingInput, sig, pub); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadSignature, err)
 	}
 	return nil
+}
+
+// decodeSignature decodes a signature segment, which must hold exactly one
+// Ed25519 signature.
+func decodeSignature(seg string) ([]byte, error) {
+	sig, err := b64.DecodeString(seg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: signature: %v", ErrMalformedToken, err)
+	}
+	if len(sig) != ed25519.SignatureSize {
+		return nil, fmt.Errorf("%w: signature is %d bytes", ErrMalformedToken, len(sig))
+	}
+	return sig, nil
 }
 
 // verify checks signature, header and time claims of tok, upstream's §4.5
