@@ -3,14 +3,10 @@ package broker
 import (
 	"context"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"math"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -38,13 +34,19 @@ const (
 	EventAppAuthFailed         = "app_auth_failed"
 	EventAppUpdated            = "app_updated"
 	EventAppDeregistered       = "app_deregistered"
-	OutcomeSuccess             = "success"
-	OutcomeDenied              = "denied"
-	genesisHash                = "0000000000000000000000000000000000000000000000000000000000000000"
+	// Events of this product, not upstream's.
+	EventKeyRotated = "key_rotated"
+	OutcomeSuccess  = "success"
+	OutcomeDenied   = "denied"
+	// GenesisHash is the prev_hash of the first event of a chain.
+	GenesisHash = "0000000000000000000000000000000000000000000000000000000000000000"
 )
 
 // Event is one entry of the hash-chained audit trail, in upstream's JSON shape.
 type Event struct {
+	// Seq is the event's position in the chain, from 1; its ID is
+	// "evt-%06d" of it.
+	Seq              int64  `json:"-"`
 	ID               string `json:"id"`
 	Timestamp        string `json:"timestamp"`
 	EventType        string `json:"event_type"`
@@ -91,12 +93,8 @@ type ChainVerifier struct {
 	n    int
 }
 
-// NewChainVerifier starts at the genesis hash. To verify a suffix of a
-// chain, use ContinueChain with the hash of the event before it.
-func NewChainVerifier() *ChainVerifier { return &ChainVerifier{prev: genesisHash} }
-
-// ContinueChain starts after an event whose hash is prev.
-func ContinueChain(prev string) *ChainVerifier { return &ChainVerifier{prev: prev} }
+// NewChainVerifier starts at the genesis hash.
+func NewChainVerifier() *ChainVerifier { return &ChainVerifier{prev: GenesisHash} }
 
 // Next checks e against the chain so far; it returns a *ChainError at the
 // first event whose prev_hash or hash does not match.
@@ -155,111 +153,25 @@ func sanitizeDetail(d string) string {
 // formatTime is Go's RFC3339Nano in UTC: trailing zeros of the fraction dropped.
 func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 
-// auditLog appends to the chain. Each event's prev_hash is its
-// predecessor's hash, and an event is in the database before its append
-// returns (an event that cannot be written is not chained).
-//
-// Appends are group-committed: while one batch is being written, later
-// appends queue up, and the next writer commits the whole queue in one
-// transaction, so a burst of denials costs one fsync instead of one each.
-// A write that fails fails every append of its batch, and none is chained.
-type auditLog struct {
-	writeMu sync.Mutex // held by the one appender writing a batch
-
-	mu       sync.Mutex // guards the fields below
-	queue    []*auditAppend
-	seq      int64
-	lastHash string
-
-	db  *sql.DB
-	now func() time.Time
-}
-
-// auditAppend is one queued event; done and err are set by the writer of
-// its batch while it holds writeMu.
-type auditAppend struct {
-	e    Event
-	seq  int64
-	done bool
-	err  error
-}
-
-func loadAuditLog(ctx context.Context, db *sql.DB) (*auditLog, error) {
-	l := &auditLog{db: db, lastHash: genesisHash, now: time.Now}
-	var seq sql.NullInt64
-	var hash sql.NullString
-	err := db.QueryRowContext(ctx, `SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&seq, &hash)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-	case err != nil:
-		return nil, fmt.Errorf("load audit tail: %w", err)
-	default:
-		l.seq, l.lastHash = seq.Int64, hash.String
+// ChainEvents links events after head, in order: IDs from head.Seq+1, one
+// timestamp for the batch (now, but never earlier than head's, so chain
+// order and time order agree even between replicas whose clocks differ),
+// sanitized details, prev_hash and hash. It returns the new head. Database
+// implementations call it while they hold the stored head.
+func ChainEvents(events []Event, head AuditHead, now time.Time) AuditHead {
+	if now.Before(head.Timestamp) {
+		now = head.Timestamp
 	}
-	return l, nil
-}
-
-func (l *auditLog) count() int64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.seq
-}
-
-func nullString(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
-}
-
-func nullInt(i int) any {
-	if i == 0 {
-		return nil
-	}
-	return i
-}
-
-// append fills in id, timestamp, hashes and the sanitized detail, writes the
-// event and returns it.
-func (l *auditLog) append(ctx context.Context, e Event) (Event, error) {
-	a := &auditAppend{e: e}
-	l.mu.Lock()
-	l.queue = append(l.queue, a)
-	l.mu.Unlock()
-
-	l.writeMu.Lock()
-	defer l.writeMu.Unlock()
-	if !a.done { // nobody took it into a batch yet: write the whole queue
-		l.mu.Lock()
-		batch := l.queue
-		l.queue = nil
-		seq, prev := l.seq, l.lastHash
-		l.mu.Unlock()
-		seq, prev, err := l.write(context.WithoutCancel(ctx), batch, seq, prev)
-		if err == nil {
-			l.mu.Lock()
-			l.seq, l.lastHash = seq, prev
-			l.mu.Unlock()
-		}
-		for _, b := range batch {
-			b.done, b.err = true, err
-		}
-	}
-	if a.err != nil {
-		return Event{}, a.err
-	}
-	return a.e, nil
-}
-
-// write chains batch after the event (seq, prev) and inserts it in one
-// transaction; it returns the new tail, or an error and no event chained.
-func (l *auditLog) write(ctx context.Context, batch []*auditAppend, seq int64, prev string) (int64, string, error) {
-	now := l.now()
 	ts := formatTime(now)
-	for _, a := range batch {
-		e := &a.e
+	prev := head.Hash
+	if prev == "" {
+		prev = GenesisHash
+	}
+	seq := head.Seq
+	for i := range events {
+		e := &events[i]
 		seq++
-		a.seq = seq
+		e.Seq = seq
 		e.ID = fmt.Sprintf("evt-%06d", seq)
 		e.Timestamp = ts
 		e.Detail = sanitizeDetail(e.Detail)
@@ -267,133 +179,41 @@ func (l *auditLog) write(ctx context.Context, batch []*auditAppend, seq int64, p
 		e.Hash = e.ComputeHash()
 		prev = e.Hash
 	}
-	tx, err := l.db.BeginTx(ctx, nil)
-	if err != nil {
-		return 0, "", fmt.Errorf("audit: %w", err)
-	}
-	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO audit_events
-		(seq, id, timestamp, ts_unix_nano, event_type, agent_id, task_id, orch_id, detail,
-		 resource, outcome, deleg_depth, deleg_chain_hash, bytes_transferred, hash, prev_hash)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`)
-	if err != nil {
-		return 0, "", fmt.Errorf("audit: %w", err)
-	}
-	defer stmt.Close()
-	for _, a := range batch {
-		e := &a.e
-		if _, err := stmt.ExecContext(ctx, a.seq, e.ID, e.Timestamp, now.UnixNano(), e.EventType,
-			e.AgentID, e.TaskID, e.OrchID, e.Detail, nullString(e.Resource), nullString(e.Outcome),
-			nullInt(e.DelegDepth), nullString(e.DelegChainHash), nullInt(e.BytesTransferred), e.Hash, e.PrevHash); err != nil {
-			return 0, "", fmt.Errorf("audit %s: %w", e.EventType, err)
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return 0, "", fmt.Errorf("audit commit: %w", err)
-	}
-	return seq, prev, nil
+	return AuditHead{Seq: seq, Hash: prev, Timestamp: now}
 }
 
 // AuditFilter selects audit events; zero fields and nil bounds do not filter.
 type AuditFilter struct {
 	AgentID, TaskID, EventType, Outcome string
 	Since, Until                        *time.Time // inclusive
-	Offset, Limit                       int
+	// AfterSeq and BeforeSeq bound the chain position (exclusive; 0 means
+	// no bound): keyset paging that stays fast a million events deep.
+	AfterSeq, BeforeSeq int64
+	// NewestFirst reverses the order (chain order by default).
+	NewestFirst   bool
+	Offset, Limit int // Limit ≤ 0: no limit
 }
 
-// Bounds of the times the store can compare (it keeps Unix nanoseconds).
-var (
-	minNano = time.Unix(0, math.MinInt64)
-	maxNano = time.Unix(0, math.MaxInt64)
-)
-
-// unixNano is t.UnixNano clamped to the representable range, so that a
-// bound like 2999-01-01 matches nothing instead of overflowing.
-func unixNano(t time.Time) int64 {
-	switch {
-	case t.Before(minNano):
-		return math.MinInt64
-	case t.After(maxNano):
-		return math.MaxInt64
-	}
-	return t.UnixNano()
-}
-
-// QueryAudit returns the events matching f in chain order, and how many
-// matched before paging.
-func (s *Store) QueryAudit(ctx context.Context, f AuditFilter) ([]Event, int, error) {
-	var where []string
-	var args []any
-	for _, c := range []struct{ col, v string }{
-		{"agent_id", f.AgentID}, {"task_id", f.TaskID}, {"event_type", f.EventType}, {"outcome", f.Outcome},
-	} {
-		if c.v != "" {
-			where = append(where, c.col+" = ?")
-			args = append(args, c.v)
-		}
-	}
-	if f.Since != nil {
-		where = append(where, "ts_unix_nano >= ?")
-		args = append(args, unixNano(*f.Since))
-	}
-	if f.Until != nil {
-		where = append(where, "ts_unix_nano <= ?")
-		args = append(args, unixNano(*f.Until))
-	}
-	cond := ""
-	if len(where) > 0 {
-		cond = " WHERE " + strings.Join(where, " AND ")
-	}
-	var total int
-	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM audit_events`+cond, args...).Scan(&total); err != nil {
-		return nil, 0, fmt.Errorf("query audit: %w", err)
-	}
-	limit := f.Limit
-	if limit <= 0 {
-		limit = -1 // SQLite: no limit
-	}
-	events, err := s.scanEvents(ctx, `SELECT id, timestamp, event_type, agent_id, task_id, orch_id, detail,
-		coalesce(resource,''), coalesce(outcome,''), coalesce(deleg_depth,0), coalesce(deleg_chain_hash,''),
-		coalesce(bytes_transferred,0), hash, prev_hash FROM audit_events`+cond+` ORDER BY seq LIMIT ? OFFSET ?`,
-		append(args, limit, max(f.Offset, 0))...)
-	return events, total, err
-}
-
-func (s *Store) scanEvents(ctx context.Context, q string, args ...any) ([]Event, error) {
-	rows, err := s.db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("query audit: %w", err)
-	}
-	defer rows.Close()
-	events := []Event{}
-	for rows.Next() {
-		var e Event
-		if err := rows.Scan(&e.ID, &e.Timestamp, &e.EventType, &e.AgentID, &e.TaskID, &e.OrchID, &e.Detail,
-			&e.Resource, &e.Outcome, &e.DelegDepth, &e.DelegChainHash, &e.BytesTransferred, &e.Hash, &e.PrevHash); err != nil {
-			return nil, fmt.Errorf("query audit: %w", err)
-		}
-		events = append(events, e)
-	}
-	return events, rows.Err()
-}
-
-// VerifyAudit recomputes the whole chain stored in the database, in pages,
-// and returns the first broken link as a *ChainError, or nil.
-func (s *Store) VerifyAudit(ctx context.Context) error {
+// VerifyAudit recomputes the whole chain stored in db, a page at a time,
+// and returns the head it verified, or the first broken link as a
+// *ChainError.
+func VerifyAudit(ctx context.Context, db AuditDB) (AuditHead, error) {
 	v := NewChainVerifier()
+	head := AuditHead{Hash: GenesisHash}
 	const page = 1000
-	for off := 0; ; off += page {
-		evs, _, err := s.QueryAudit(ctx, AuditFilter{Offset: off, Limit: page})
+	for {
+		evs, _, err := db.QueryAudit(ctx, AuditFilter{AfterSeq: head.Seq, Limit: page})
 		if err != nil {
-			return err
+			return head, err
 		}
 		for i := range evs {
 			if err := v.Next(&evs[i]); err != nil {
-				return err
+				return head, err
 			}
+			head.Seq, head.Hash = evs[i].Seq, evs[i].Hash
 		}
 		if len(evs) < page {
-			return nil
+			return head, nil
 		}
 	}
 }

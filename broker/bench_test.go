@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -21,9 +22,7 @@ import (
 // benchEnv is a broker for benchmarks (testEnv needs a *testing.T).
 func benchEnv(b testing.TB, mutate ...func(*Config)) *Broker {
 	b.Helper()
-	store, err := Open(context.Background(), filepath.Join(b.TempDir(), "bench.db"))
-	require.NoError(b, err)
-	b.Cleanup(func() { store.Close() })
+	store := openStore(b, filepath.Join(b.TempDir(), "bench.db"))
 	cfg := Config{AdminSecret: testAdminHash}
 	for _, m := range mutate {
 		m(&cfg)
@@ -182,7 +181,8 @@ func TestVerifyCachedNoAlloc(t *testing.T) {
 	require.True(t, bytes.HasPrefix(body, []byte(`{"valid":true,"claims":{"iss":"","sub":"spiffe://`)))
 
 	c, _ := br.Verify(ctx, tok)
-	require.NoError(t, br.store.Revoke(ctx, LevelToken, c.Jti))
+	_, err = br.store.revoke(ctx, LevelToken, c.Jti, time.Now())
+	require.NoError(t, err)
 	allocs = testing.AllocsPerRun(1000, func() { _, err = br.Verify(ctx, tok) })
 	require.ErrorIs(t, err, ErrRevoked)
 	require.Zero(t, allocs)
@@ -250,11 +250,7 @@ func TestVerifyCachedCost(t *testing.T) {
 // BenchmarkAuditAppendParallel: concurrent appends, as under a flood of
 // gateway denials. Group commit lets one fsync cover many events.
 func BenchmarkAuditAppendParallel(b *testing.B) {
-	store, err := Open(context.Background(), filepath.Join(b.TempDir(), "broker.db"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer store.Close()
+	store := openStore(b, filepath.Join(b.TempDir(), "broker.db"))
 	ev := Event{EventType: EventTokenAuthFailed, Detail: "signature invalid", Resource: "GET /orders/1", Outcome: OutcomeDenied}
 	b.SetParallelism(16) // goroutines per CPU, like concurrent requests
 	b.ResetTimer()
@@ -289,7 +285,7 @@ func BenchmarkVerifyCacheMemory(b *testing.B) {
 		return m.HeapAlloc
 	}
 	for b.Loop() {
-		br.cache = newClaimsCache(DefaultVerifyCacheSize)
+		br.verifier.cache = newClaimsCache(DefaultVerifyCacheSize)
 		h0 := heap()
 		for _, tok := range toks {
 			if _, err := br.Verify(ctx, strings.Clone(tok)); err != nil {

@@ -64,7 +64,7 @@ func TestConcurrentRegisterSingleUseLaunchToken(t *testing.T) {
 	}
 	require.Equal(t, 1, wins, "exactly one registration may consume a single-use launch token")
 	require.Len(t, e.events(EventAgentRegistered), 1)
-	require.NoError(t, e.store.VerifyAudit(context.Background()))
+	require.NoError(t, e.verifyAudit())
 }
 
 // TestConcurrentNonceRace: 50 registrations with a multi-use launch token
@@ -106,11 +106,10 @@ func TestConcurrentNonceRace(t *testing.T) {
 	require.Equal(t, 1, wins, "a nonce is good for exactly one registration")
 
 	// The nonce store alone, without HTTP.
-	n2, err := e.store.nonces.issue(time.Now())
-	require.NoError(t, err)
+	n2 := e.nonce()
 	var ok atomic.Int32
 	race(racers, func(int) {
-		if e.store.nonces.consume(n2, time.Now()) == nil {
+		if e.store.nonces.ConsumeNonce(context.Background(), n2, time.Now()) == nil {
 			ok.Add(1)
 		}
 	})
@@ -177,7 +176,7 @@ func TestRevokeDuringVerificationStream(t *testing.T) {
 			for before.Load() < 100 {
 				time.Sleep(time.Millisecond)
 			}
-			require.NoError(t, e.store.Revoke(ctx, tc.level, target))
+			require.NoError(t, e.revoke(tc.level, target))
 			revoked.Store(true)
 			n := total.Load()
 			for total.Load() < n+2000 {
@@ -215,7 +214,7 @@ func TestConcurrentVerifyAndIssue(t *testing.T) {
 		}
 	})
 	require.Zero(t, bad.Load())
-	require.LessOrEqual(t, e.broker.cache.len(), 8)
+	require.LessOrEqual(t, e.broker.verifier.cache.len(), 8)
 }
 
 // TestConcurrentAuditAppends: appends racing from many goroutines (which
@@ -249,7 +248,7 @@ func TestConcurrentAuditAppends(t *testing.T) {
 			require.Equal(t, stored[ev.ID], ev, "append returned what was stored")
 		}
 	}
-	require.NoError(t, e.store.VerifyAudit(ctx))
+	require.NoError(t, e.verifyAudit())
 }
 
 // TestAuditBatchFailureChainsNothing: when a write fails, the failing
@@ -261,7 +260,7 @@ func TestAuditBatchFailureChainsNothing(t *testing.T) {
 	_, err := rawDB(t, e.dbPath).Exec(`CREATE TRIGGER poison BEFORE INSERT ON audit_events
 		WHEN NEW.detail = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); END`)
 	require.NoError(t, err)
-	before := e.store.audit.count()
+	before := e.auditSeq()
 	var failed atomic.Int64
 	race(racers, func(i int) {
 		d := fmt.Sprintf("ok %d", i)
@@ -278,8 +277,8 @@ func TestAuditBatchFailureChainsNothing(t *testing.T) {
 	require.GreaterOrEqual(t, failed.Load(), int64(1))
 	evs := allEvents(t, e.store)
 	require.Equal(t, before+racers-failed.Load(), int64(len(evs)), "exactly the failed appends are missing")
-	require.Equal(t, int64(len(evs)), e.store.audit.count())
+	require.Equal(t, int64(len(evs)), e.auditSeq())
 	_, err = e.store.audit.append(ctx, Event{EventType: EventScopeViolation, Detail: "after", Outcome: OutcomeDenied})
 	require.NoError(t, err)
-	require.NoError(t, e.store.VerifyAudit(ctx))
+	require.NoError(t, e.verifyAudit())
 }

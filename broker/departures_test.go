@@ -131,7 +131,8 @@ func TestDeparture_D5_AppRouteNeedsActiveApp(t *testing.T) {
 	tok := e.appToken(app)
 	ok := map[string]any{"agent_name": "w", "allowed_scope": []string{"read:data:x"}}
 	require.Equal(t, http.StatusCreated, e.do("POST", "/v1/app/launch-tokens", tok, ok).Code)
-	require.NoError(t, e.store.deactivateApp(context.Background(), app.ID, time.Now()))
+	_, err := rawDB(t, e.dbPath).Exec(`UPDATE apps SET status = 'inactive' WHERE app_id = ?`, app.ID)
+	require.NoError(t, err)
 	requireProblem(t, e.do("POST", "/v1/app/launch-tokens", tok, ok), 403, "forbidden", "app not found")
 	require.Len(t, e.events(EventLaunchTokenIssued), 2, "admin's and the active app's only")
 }
@@ -194,7 +195,7 @@ func TestDeparture_D7_DeregistrationRevokesApp(t *testing.T) {
 	requireProblem(t, e.do("POST", "/v1/token/renew", tok, nil), 401, "unauthorized", "token verification failed")
 	require.Equal(t, false, decode(t, e.do("POST", "/v1/token/validate", "", map[string]string{"token": tok}))["valid"])
 	// By subject, so tokens the app might still mint later would be dead too.
-	require.True(t, e.store.revocations.revoked(&Claims{Sub: "app:" + app.ID, Jti: "fresh"}))
+	require.True(t, e.store.revocations.Revoked(&Claims{Sub: "app:" + app.ID, Jti: "fresh"}))
 	// Its launch tokens are gone, even a multi-use one that was used once.
 	for _, lt := range []string{used, unused} {
 		requireProblem(t, e.do("POST", "/v1/register", "", e.registration(lt, "read:data:x")), 401, "unauthorized", "launch token: launch token not found")
@@ -262,14 +263,15 @@ func TestDeparture_D9_LaunchTokensAndAgentsPersist(t *testing.T) {
 func TestDeparture_D10_NoncesBounded(t *testing.T) {
 	clk := newTestClock()
 	e := newTestEnv(t, withClock(clk))
-	e.store.nonces = newNonceStore(3) // before any request
+	nonces := newMemoryNonces(3)
+	e.store.nonces = nonces // before any request
 	lt := e.mkLaunch(map[string]any{"single_use": false, "ttl": 3600})
 
 	first := e.registration(lt)
 	for range 5 {
 		e.nonce()
 	}
-	require.Equal(t, 3, e.store.nonces.len(), "bounded")
+	require.Equal(t, 3, nonces.len(), "bounded")
 	requireProblem(t, e.do("POST", "/v1/register", "", first), 401, "unauthorized", "nonce: nonce not found or expired")
 	last := e.registration(lt)
 	require.Equal(t, http.StatusOK, e.do("POST", "/v1/register", "", last).Code, "the newest survives")
@@ -277,11 +279,11 @@ func TestDeparture_D10_NoncesBounded(t *testing.T) {
 	// Expired nonces go on the next challenge, consumed or not.
 	clk.Advance(31 * time.Second)
 	e.nonce()
-	require.Equal(t, 1, e.store.nonces.len())
+	require.Equal(t, 1, nonces.len())
 	// And on the janitor's pass.
 	clk.Advance(31 * time.Second)
-	e.store.nonces.prune(clk.Now())
-	require.Zero(t, e.store.nonces.len())
+	require.NoError(t, nonces.PruneNonces(context.Background(), clk.Now()))
+	require.Zero(t, nonces.len())
 }
 
 // D11: the rate limiter keys on Config.ClientIP, never on X-Forwarded-For.
@@ -330,10 +332,13 @@ func TestDeparture_D12_AuditNumericOrder(t *testing.T) {
 
 	// Jump the counter to just below a million: text order would put
 	// evt-1000000 before evt-999999.
-	e.store.audit.mu.Lock()
-	e.store.audit.seq = 999_997
-	e.store.audit.mu.Unlock()
-	for range 4 {
+	ctx := context.Background()
+	head, err := e.store.db.AuditHead(ctx)
+	require.NoError(t, err)
+	jump := []Event{{EventType: EventTokenRevoked, Detail: "jump"}}
+	ChainEvents(jump, AuditHead{Seq: 999_996, Hash: head.Hash, Timestamp: head.Timestamp}, time.Now())
+	insertRawEvent(t, e.dbPath, &jump[0])
+	for range 3 {
 		e.broker.audit(context.Background(), Event{EventType: EventTokenRevoked, Detail: "late"})
 	}
 	listIDs := func() []string {
@@ -344,15 +349,15 @@ func TestDeparture_D12_AuditNumericOrder(t *testing.T) {
 		}
 		return out
 	}
-	want := []string{"evt-999998", "evt-999999", "evt-1000000", "evt-1000001"}
+	want := []string{"evt-999997", "evt-999998", "evt-999999", "evt-1000000"}
 	require.Equal(t, want, listIDs())
-	require.NoError(t, e.store.VerifyAudit(context.Background()))
+	require.NoError(t, e.verifyAudit())
 
 	// After a restart the chain continues from the numerically last event.
 	e.restart()
 	e.broker.audit(context.Background(), Event{EventType: EventTokenRevoked, Detail: "after"})
-	require.Equal(t, append(want, "evt-1000002"), listIDs())
-	require.NoError(t, e.store.VerifyAudit(context.Background()))
+	require.Equal(t, append(want, "evt-1000001"), listIDs())
+	require.NoError(t, e.verifyAudit())
 }
 
 // D13: GET /.well-known/jwks.json publishes the verification key.

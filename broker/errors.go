@@ -31,6 +31,10 @@ var (
 	ErrNotFound  = errors.New("not found")
 	ErrConflict  = errors.New("conflict")
 	ErrConsumed  = errors.New("already consumed")
-	ErrClosed    = errors.New("store closed")
 	ErrBadConfig = errors.New("invalid broker configuration")
+	// ErrUnavailable means the broker cannot decide or store anything
+	// right now: its database cannot be reached, or (a fleet replica) its
+	// revocation index is stale. Callers fail closed with 503 and
+	// Retry-After; nothing was acknowledged, so retrying is safe.
+	ErrUnavailable = errors.New("broker unavailable")
 )

@@ -33,5 +33,5 @@ func TestAgentLifecycle(t *testing.T) {
 	rec = e.do("POST", "/v1/token/release", renewed, nil)
 	requireProblem(t, rec, http.StatusUnauthorized, "unauthorized", "token verification failed")
 
-	require.NoError(t, e.store.VerifyAudit(context.Background()))
+	require.NoError(t, e.verifyAudit())
 }

@@ -26,11 +26,7 @@ var fuzzNow = time.Unix(1_800_000_000, 0)
 
 func fuzzBroker(tb testing.TB, dir string, mutate ...func(*Config)) *Broker {
 	tb.Helper()
-	store, err := Open(context.Background(), filepath.Join(dir, "fuzz.db"))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { store.Close() })
+	store := openStore(tb, filepath.Join(dir, "fuzz.db"))
 	cfg := Config{AdminSecret: testAdminHash, SigningKey: fuzzKey}
 	for _, m := range mutate {
 		m(&cfg)
@@ -57,7 +53,7 @@ func fuzzTokens(tb testing.TB, b *Broker) []string {
 	} {
 		c.Iat, c.Nbf, c.Exp = now, now, now+3600
 		c.Jti = hex.EncodeToString(sha256.New().Sum([]byte(c.Sub)))[:32]
-		tok, err := b.signer.sign(&c)
+		tok, err := b.signer().sign(&c)
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -224,7 +220,11 @@ func FuzzDecodeRequests(f *testing.F) {
 		if err != nil {
 			panic(err)
 		}
-		store, err := Open(context.Background(), filepath.Join(dir, "fuzz.db"))
+		db, err := openTestDatabase(context.Background(), filepath.Join(dir, "fuzz.db"))
+		if err != nil {
+			panic(err)
+		}
+		store, err := NewStore(context.Background(), db, StoreOptions{})
 		if err != nil {
 			panic(err)
 		}

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,12 +19,6 @@ var adminScopes = []string{"admin:launch-tokens:*", "admin:revoke:*", "admin:aud
 
 // appScopes are the fixed scopes of every app token.
 var appScopes = []string{"app:launch-tokens:*", "app:agents:*", "app:audit:read"}
-
-// Launch-token defaults (§6.2).
-const (
-	defaultLaunchTTL    = 30
-	defaultLaunchMaxTTL = 300
-)
 
 func (b *Broker) handleAdminAuth(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(r.Body)
@@ -57,9 +52,9 @@ func (b *Broker) handleAdminAuth(w http.ResponseWriter, r *http.Request) {
 	}
 	b.obs.AdminAuth(true)
 	ttl := b.ttl(int64(b.cfg.AdminTokenTTL / time.Second))
-	tok, _, err := b.issue(Claims{Sub: "admin", Aud: b.audience(), Scope: adminScopes}, ttl)
+	tok, _, err := b.issueRecorded(r.Context(), Claims{Sub: "admin", Aud: b.audience(), Scope: adminScopes}, ttl, "")
 	if err != nil {
-		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to issue token")
+		b.dbFailed(w, r, "token_record", err, "failed to issue token")
 		return
 	}
 	b.audit(r.Context(), Event{EventType: EventAdminAuth, Detail: "admin authenticated as admin", Outcome: OutcomeSuccess})
@@ -83,8 +78,12 @@ func (b *Broker) handleLaunchToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if isApp {
-		app, err := b.store.appBy(ctx, "app_id", appID)
-		if err != nil || app.Status != appActive {
+		app, err := b.store.db.App(ctx, appID)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			b.dbFailed(w, r, "app_lookup", err, "failed to create launch token")
+			return
+		}
+		if err != nil || app.Status != AppActive {
 			WriteProblem(w, r, http.StatusForbidden, ErrTypeForbidden, "app not found")
 			return
 		}
@@ -124,15 +123,18 @@ func (b *Broker) handleLaunchToken(w http.ResponseWriter, r *http.Request) {
 		req.MaxTTL = defaultLaunchMaxTTL
 	}
 	now := b.now()
-	lt := LaunchToken{
+	lt := &LaunchToken{
 		AgentName: req.AgentName, AllowedScope: req.AllowedScope, MaxTTL: req.MaxTTL,
-		SingleUse: req.SingleUse == nil || *req.SingleUse, ExpiresAt: now.Add(time.Duration(req.TTL) * time.Second),
-		CreatedBy: c.Sub, AppID: appID,
+		SingleUse: req.SingleUse == nil || *req.SingleUse, CreatedAt: now.UTC(),
+		ExpiresAt: now.Add(time.Duration(req.TTL) * time.Second).UTC(), CreatedBy: c.Sub, AppID: appID,
 	}
-	tok, err := b.store.createLaunchToken(ctx, lt, now)
+	tok, err := randomHex(32)
 	if err != nil {
-		b.obs.DBError("launch_token_create")
 		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to create launch token")
+		return
+	}
+	if err := b.store.db.CreateLaunchToken(ctx, LaunchTokenHash(tok), lt); err != nil {
+		b.dbFailed(w, r, "launch_token_create", err, "failed to create launch token")
 		return
 	}
 	detail := fmt.Sprintf("launch token issued for agent=%s scope=%v max_ttl=%d created_by=%s", lt.AgentName, lt.AllowedScope, lt.MaxTTL, lt.CreatedBy)
@@ -141,8 +143,7 @@ func (b *Broker) handleLaunchToken(w http.ResponseWriter, r *http.Request) {
 	}
 	b.audit(ctx, Event{EventType: EventLaunchTokenIssued, Detail: detail, Outcome: OutcomeSuccess})
 	b.obs.LaunchTokenCreated()
-	writeJSON(w, http.StatusCreated, LaunchTokenResponse{
-		tok, lt.ExpiresAt.UTC().Truncate(time.Second).Format(time.RFC3339), LaunchPolicy{lt.AllowedScope, lt.MaxTTL}})
+	writeJSON(w, http.StatusCreated, LaunchTokenResponse{tok, WholeSeconds(lt.ExpiresAt), LaunchPolicy{lt.AllowedScope, lt.MaxTTL}})
 }
 
 // dummySecretHash is compared against when a client_id is unknown, so the
@@ -168,29 +169,28 @@ func (b *Broker) handleAppAuth(w http.ResponseWriter, r *http.Request) {
 		b.audit(ctx, Event{EventType: EventAppAuthFailed, Detail: "client_id=" + req.ClientID + " reason=" + reason, Outcome: OutcomeDenied})
 		WriteProblem(w, r, http.StatusUnauthorized, ErrTypeUnauthorized, "Authentication failed")
 	}
-	app, err := b.store.appBy(ctx, "client_id", req.ClientID)
+	app, err := b.store.db.AppByClientID(ctx, req.ClientID)
 	switch {
-	case err == ErrNotFound:
+	case errors.Is(err, ErrNotFound):
 		_ = bcrypt.CompareHashAndPassword(dummySecretHash(), []byte(req.ClientSecret))
 		deny("unknown_client_id")
 		return
 	case err != nil:
-		b.obs.DBError("app_lookup")
-		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "authentication error")
+		b.dbFailed(w, r, "app_lookup", err, "authentication error")
 		return
-	case app.Status != appActive:
+	case app.Status != AppActive:
 		_ = bcrypt.CompareHashAndPassword(dummySecretHash(), []byte(req.ClientSecret))
 		deny("app_inactive")
 		return
 	}
-	if bcrypt.CompareHashAndPassword([]byte(app.secretHash), []byte(req.ClientSecret)) != nil {
+	if bcrypt.CompareHashAndPassword([]byte(app.SecretHash), []byte(req.ClientSecret)) != nil {
 		deny("wrong_secret")
 		return
 	}
 	ttl := b.ttl(app.TokenTTL)
-	tok, _, err := b.issue(Claims{Sub: "app:" + app.AppID, Aud: b.audience(), Scope: appScopes}, ttl)
+	tok, _, err := b.issueRecorded(ctx, Claims{Sub: "app:" + app.AppID, Aud: b.audience(), Scope: appScopes}, ttl, "")
 	if err != nil {
-		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "authentication error")
+		b.dbFailed(w, r, "token_record", err, "authentication error")
 		return
 	}
 	b.audit(ctx, Event{EventType: EventAppAuthenticated, Detail: "client_id=" + app.ClientID + " app_id=" + app.AppID, Outcome: OutcomeSuccess})

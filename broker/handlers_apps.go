@@ -4,19 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"regexp"
-	"strings"
 	"time"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
 	"golang.org/x/crypto/bcrypt"
-)
-
-var appNameRE = regexp.MustCompile(`^[a-z][a-z0-9](?:-?[a-z0-9]+)*$`)
-
-const (
-	minAppTokenTTL = 60
-	maxAppTokenTTL = 86400
 )
 
 func invalidTTL(w http.ResponseWriter, r *http.Request, ttl int64) {
@@ -31,20 +22,6 @@ func allValidScopes(scopes []string) bool {
 		}
 	}
 	return true
-}
-
-// clientIDPrefix is upstream's abbreviation: the first two characters of a
-// name without hyphens, else the initials of up to three parts.
-func clientIDPrefix(name string) string {
-	parts := strings.Split(name, "-")
-	if len(parts) == 1 {
-		return name[:2]
-	}
-	var b strings.Builder
-	for _, p := range parts[:min(3, len(parts))] {
-		b.WriteByte(p[0])
-	}
-	return b.String()
 }
 
 func (b *Broker) handleCreateApp(w http.ResponseWriter, r *http.Request) {
@@ -89,17 +66,18 @@ func (b *Broker) handleCreateApp(w http.ResponseWriter, r *http.Request) {
 		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to register app")
 		return
 	}
+	ts := WholeSeconds(b.now())
 	app := &App{
 		AppID: "app-" + req.Name + "-" + suffix, Name: req.Name, ClientID: clientIDPrefix(req.Name) + "-" + cid,
-		Scopes: req.Scopes, TokenTTL: ttl, secretHash: string(hash), createdBy: claimsFrom(r).Sub,
+		Scopes: req.Scopes, TokenTTL: ttl, Status: AppActive, CreatedAt: ts, UpdatedAt: ts,
+		SecretHash: string(hash), CreatedBy: claimsFrom(r).Sub,
 	}
-	if err := b.store.insertApp(r.Context(), app, b.now()); err != nil {
+	if err := b.store.db.InsertApp(r.Context(), app); err != nil {
 		if errors.Is(err, ErrConflict) { // D2
 			WriteProblem(w, r, http.StatusConflict, ErrTypeConflict, "app name already registered: "+req.Name)
 			return
 		}
-		b.obs.DBError("app_register")
-		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to register app")
+		b.dbFailed(w, r, "app_register", err, "failed to register app")
 		return
 	}
 	b.audit(r.Context(), Event{
@@ -111,10 +89,9 @@ func (b *Broker) handleCreateApp(w http.ResponseWriter, r *http.Request) {
 }
 
 func (b *Broker) handleListApps(w http.ResponseWriter, r *http.Request) {
-	apps, err := b.store.listApps(r.Context())
+	apps, err := b.store.db.Apps(r.Context())
 	if err != nil {
-		b.obs.DBError("app_list")
-		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to list apps")
+		b.dbFailed(w, r, "app_list", err, "failed to list apps")
 		return
 	}
 	writeJSON(w, http.StatusOK, AppList{apps, len(apps)})
@@ -122,14 +99,13 @@ func (b *Broker) handleListApps(w http.ResponseWriter, r *http.Request) {
 
 // appOr404 loads the app named by the {id} path value.
 func (b *Broker) appOr404(w http.ResponseWriter, r *http.Request) *App {
-	app, err := b.store.appBy(r.Context(), "app_id", r.PathValue("id"))
+	app, err := b.store.db.App(r.Context(), r.PathValue("id"))
 	switch {
 	case errors.Is(err, ErrNotFound):
 		WriteProblem(w, r, http.StatusNotFound, ErrTypeNotFound, "app not found")
 		return nil
 	case err != nil:
-		b.obs.DBError("app_get")
-		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to get app")
+		b.dbFailed(w, r, "app_get", err, "failed to get app")
 		return nil
 	}
 	return app
@@ -177,9 +153,8 @@ func (b *Broker) handleUpdateApp(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if err := b.store.updateApp(r.Context(), old.AppID, req.Scopes, req.TokenTTL, b.now()); err != nil {
-		b.obs.DBError("app_update")
-		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to update app")
+	if err := b.store.db.UpdateApp(r.Context(), old.AppID, req.Scopes, req.TokenTTL, b.now()); err != nil {
+		b.dbFailed(w, r, "app_update", err, "failed to update app")
 		return
 	}
 	by := claimsFrom(r).Sub
@@ -204,17 +179,13 @@ func (b *Broker) handleDeleteApp(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	now := b.now()
-	err := errors.Join(
-		b.store.deactivateApp(ctx, app.AppID, now),
-		b.store.Revoke(ctx, LevelAgent, "app:"+app.AppID),
-		b.store.dropAppLaunchTokens(ctx, app.AppID),
-	)
+	rev, err := b.store.db.DeregisterApp(ctx, app.AppID, now)
 	if err != nil {
-		b.obs.DBError("app_deregister")
-		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to deregister app")
+		b.dbFailed(w, r, "app_deregister", err, "failed to deregister app")
 		return
 	}
+	b.store.revocations.Add(rev)
 	b.audit(ctx, Event{EventType: EventAppDeregistered, Outcome: OutcomeSuccess,
 		Detail: "app_id=" + app.AppID + " name=" + app.Name + " deregistered_by=" + claimsFrom(r).Sub})
-	writeJSON(w, http.StatusOK, AppDeregistration{AppID: app.AppID, Status: appInactive, DeregisteredAt: now.UTC().Truncate(time.Second).Format(time.RFC3339)})
+	writeJSON(w, http.StatusOK, AppDeregistration{AppID: app.AppID, Status: AppInactive, DeregisteredAt: WholeSeconds(now)})
 }

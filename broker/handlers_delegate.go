@@ -55,7 +55,7 @@ func (b *Broker) handleDelegate(w http.ResponseWriter, r *http.Request) {
 		WriteProblem(w, r, http.StatusForbidden, ErrTypeScopeViolation, "only agent tokens may delegate")
 		return
 	}
-	depth := len(c.DelegationChain)
+	depth := c.DelegationDepth()
 	if depth >= maxDelegationDepth {
 		WriteProblem(w, r, http.StatusForbidden, ErrTypeScopeViolation, "delegation depth limit exceeded")
 		return
@@ -77,10 +77,9 @@ func (b *Broker) handleDelegate(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	exists, err := b.store.agentExists(ctx, req.DelegateTo)
+	exists, err := b.store.db.AgentExists(ctx, req.DelegateTo)
 	if err != nil {
-		b.obs.DBError("agent_lookup")
-		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "delegation failed")
+		b.dbFailed(w, r, "agent_lookup", err, "delegation failed")
 		return
 	}
 	if !exists {
@@ -88,7 +87,7 @@ func (b *Broker) handleDelegate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec := DelegRecord{Agent: c.Sub, Scope: c.Scope, DelegatedAt: formatTime(b.now())}
-	signRecord(b.signer.key, &rec)
+	signRecord(b.signer().key, &rec)
 	chain := append(append(make([]DelegRecord, 0, depth+1), c.DelegationChain...), rec)
 	hash, err := ChainHash(chain)
 	if err != nil {
@@ -102,12 +101,12 @@ func (b *Broker) handleDelegate(w http.ResponseWriter, r *http.Request) {
 	ttl = b.ttl(ttl)
 	// D6: a delegated token never outlives its delegator.
 	ttl = min(ttl, max(c.Exp-b.now().Unix(), 0))
-	tok, _, err := b.issue(Claims{
+	tok, _, err := b.issueRecorded(ctx, Claims{
 		Sub: req.DelegateTo, Aud: c.Aud, Scope: req.Scope, TaskID: c.TaskID, OrchID: c.OrchID,
 		DelegationChain: chain, ChainHash: hash,
-	}, ttl)
+	}, ttl, c.Jti)
 	if err != nil {
-		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "delegation failed")
+		b.dbFailed(w, r, "token_record", err, "delegation failed")
 		return
 	}
 	b.audit(ctx, Event{

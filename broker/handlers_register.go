@@ -53,14 +53,21 @@ func (b *Broker) handleRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := b.now()
-	lt, err := b.store.lookupLaunchToken(ctx, req.LaunchToken, now)
-	if err != nil {
-		if !errors.Is(err, errLaunchNotFound) && !errors.Is(err, errLaunchExpired) && !errors.Is(err, errLaunchConsumed) {
-			b.obs.DBError("launch_token_lookup")
-			fail(http.StatusInternalServerError, ErrTypeInternal, "registration failed")
-			return
-		}
-		fail(http.StatusUnauthorized, ErrTypeUnauthorized, "launch token: "+err.Error())
+	ltHash := LaunchTokenHash(req.LaunchToken)
+	lt, err := b.store.db.LaunchToken(ctx, ltHash)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		fail(http.StatusUnauthorized, ErrTypeUnauthorized, "launch token: launch token not found")
+		return
+	case err != nil:
+		b.obs.Registration(false)
+		b.dbFailed(w, r, "launch_token_lookup", err, "registration failed")
+		return
+	case now.Unix() > lt.ExpiresAt.Unix(): // whole seconds, as upstream
+		fail(http.StatusUnauthorized, ErrTypeUnauthorized, "launch token: launch token expired")
+		return
+	case !lt.ConsumedAt.IsZero():
+		fail(http.StatusUnauthorized, ErrTypeUnauthorized, "launch token: launch token already consumed")
 		return
 	}
 	if !scopemap.Subset(req.RequestedScope, lt.AllowedScope) {
@@ -72,8 +79,16 @@ func (b *Broker) handleRegister(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusForbidden, ErrTypeScopeViolation, "requested scope exceeds allowed scope")
 		return
 	}
-	if err := b.store.nonces.consume(req.Nonce, now); err != nil {
-		fail(http.StatusUnauthorized, ErrTypeUnauthorized, "nonce: "+err.Error())
+	switch err := b.store.nonces.ConsumeNonce(ctx, req.Nonce, now); {
+	case errors.Is(err, ErrNotFound):
+		fail(http.StatusUnauthorized, ErrTypeUnauthorized, "nonce: nonce not found or expired")
+		return
+	case errors.Is(err, ErrConsumed):
+		fail(http.StatusUnauthorized, ErrTypeUnauthorized, "nonce: nonce already consumed")
+		return
+	case err != nil:
+		b.obs.Registration(false)
+		b.dbFailed(w, r, "nonce_consume", err, "registration failed")
 		return
 	}
 	pub, err := base64.StdEncoding.Strict().DecodeString(req.PublicKey)
@@ -101,12 +116,6 @@ func (b *Broker) handleRegister(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusUnauthorized, ErrTypeUnauthorized, "nonce signature verification failed")
 		return
 	}
-	if lt.SingleUse {
-		if err := b.store.consumeLaunchToken(ctx, req.LaunchToken, now); err != nil {
-			fail(http.StatusUnauthorized, ErrTypeUnauthorized, "consume launch token: "+errLaunchConsumed.Error())
-			return
-		}
-	}
 	instance, err := randomHex(8)
 	if err != nil {
 		fail(http.StatusInternalServerError, ErrTypeInternal, "registration failed")
@@ -125,11 +134,23 @@ func (b *Broker) handleRegister(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusInternalServerError, ErrTypeInternal, "registration failed")
 		return
 	}
-	if err := b.store.saveAgent(ctx, Agent{
-		ID: agentID, PublicKey: pub, OrchID: req.OrchID, TaskID: req.TaskID, Scope: req.RequestedScope, AppID: lt.AppID,
-	}, now); err != nil {
-		b.obs.DBError("save_agent")
-		fail(http.StatusInternalServerError, ErrTypeInternal, "registration failed")
+	reg := &Registration{
+		Agent: Agent{
+			ID: agentID, PublicKey: pub, OrchID: req.OrchID, TaskID: req.TaskID, Scope: req.RequestedScope,
+			AppID: lt.AppID, LaunchToken: ltHash, RegisteredAt: now.UTC(),
+		},
+		Token: recordOf(&c, ""),
+	}
+	if lt.SingleUse {
+		reg.ConsumeLaunchToken = ltHash
+	}
+	switch err := b.store.db.Register(ctx, reg); {
+	case errors.Is(err, ErrConsumed):
+		fail(http.StatusUnauthorized, ErrTypeUnauthorized, "consume launch token: launch token already consumed")
+		return
+	case err != nil:
+		b.obs.Registration(false)
+		b.dbFailed(w, r, "save_agent", err, "registration failed")
 		return
 	}
 	appSuffix := ""

@@ -2,23 +2,41 @@ package broker
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
 )
 
 func (b *Broker) handleChallenge(w http.ResponseWriter, r *http.Request) {
-	n, err := b.store.nonces.issue(b.now())
+	n, err := randomHex(32)
 	if err != nil {
 		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to generate nonce")
+		return
+	}
+	if err := b.store.nonces.PutNonce(r.Context(), n, b.now().Add(nonceTTL)); err != nil {
+		b.dbFailed(w, r, "nonce_put", err, "failed to generate nonce")
 		return
 	}
 	writeJSON(w, http.StatusOK, Challenge{n, int(nonceTTL / time.Second)})
 }
 
+// handleHealth answers upstream's shape. db_connected is a real ping here
+// (upstream's is always true), and audit_events_count is the chain's
+// length as the database holds it.
 func (b *Broker) handleHealth(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, Health{"ok", Version, int64(b.now().Sub(b.started) / time.Second), b.store.db.PingContext(r.Context()) == nil, b.store.audit.count()})
+	ctx := r.Context()
+	up := b.store.db.Ping(ctx) == nil
+	var count int64
+	if up {
+		if head, err := b.store.db.AuditHead(ctx); err == nil {
+			count = head.Seq
+		}
+	}
+	writeJSON(w, http.StatusOK, Health{"ok", Version, int64(b.now().Sub(b.started) / time.Second), up, count})
 }
 
 func (b *Broker) handleMetrics(w http.ResponseWriter, r *http.Request) {
@@ -77,40 +95,96 @@ func (b *Broker) handleValidate(w http.ResponseWriter, r *http.Request) {
 
 func (b *Broker) handleRenew(w http.ResponseWriter, r *http.Request) {
 	old := claimsFrom(r)
+	ctx := r.Context()
 	fail := func(err error) {
-		b.audit(r.Context(), Event{
+		b.audit(ctx, Event{
 			EventType: EventTokenRenewalFailed, AgentID: old.Sub, TaskID: old.TaskID, OrchID: old.OrchID,
 			Detail: "token renewal failed for agent=" + old.Sub + ": " + err.Error(), Outcome: OutcomeDenied,
 		})
 		WriteProblem(w, r, http.StatusUnauthorized, ErrTypeUnauthorized, "token renewal failed")
 	}
+	now := b.now()
+	ttl := b.ttl(old.Exp - old.Iat)
+	parent := ""
+	if old.DelegationDepth() > 0 {
+		// A renewed delegated token never outlives the tokens it descends
+		// from, and dies with them.
+		var until time.Time
+		var err error
+		if parent, until, err = b.ancestry(ctx, old.Jti, now); err != nil {
+			if errors.Is(err, ErrUnavailable) {
+				b.dbFailed(w, r, "token_lookup", err, "token renewal failed")
+				return
+			}
+			fail(err)
+			return
+		}
+		if ttl = min(ttl, int64(until.Sub(now)/time.Second)); ttl <= 0 {
+			fail(errAncestorGone)
+			return
+		}
+	}
 	// The predecessor dies first: a renewal never leaves two live tokens.
-	if err := b.store.Revoke(r.Context(), LevelToken, old.Jti); err != nil {
-		b.obs.DBError("revoke")
-		fail(err)
+	if _, err := b.store.revoke(ctx, LevelToken, old.Jti, now); err != nil {
+		b.dbFailed(w, r, "revoke", err, "token renewal failed")
 		return
 	}
-	ttl := b.ttl(old.Exp - old.Iat)
-	tok, c, err := b.issue(Claims{
+	tok, c, err := b.issueRecorded(ctx, Claims{
 		Sub: old.Sub, Aud: old.Aud, Scope: old.Scope, TaskID: old.TaskID, OrchID: old.OrchID, Sid: old.Sid,
 		DelegationChain: old.DelegationChain, ChainHash: old.ChainHash,
-	}, ttl)
+	}, ttl, parent)
 	if err != nil {
 		fail(err)
 		return
 	}
-	b.audit(r.Context(), Event{
+	b.audit(ctx, Event{
 		EventType: EventTokenRenewed, AgentID: old.Sub, TaskID: old.TaskID, OrchID: old.OrchID,
 		Detail: "token renewed for agent=" + old.Sub + " new_jti=" + c.Jti, Outcome: OutcomeSuccess,
 	})
 	writeJSON(w, http.StatusOK, TokenResponse{tok, ttl})
 }
 
+// errAncestorGone is why a delegated token cannot be renewed.
+var errAncestorGone = errors.New("a token it was delegated from is no longer valid")
+
+// ancestry walks up from the delegated token jti to the root of its chain
+// and returns its parent's jti and the earliest expiry among its
+// ancestors. It fails when any ancestor has expired or been revoked
+// (released, renewed away), or is unknown to the database.
+func (b *Broker) ancestry(ctx context.Context, jti string, now time.Time) (string, time.Time, error) {
+	rec, err := b.store.db.Token(ctx, jti)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("%w: %w", errAncestorGone, err)
+	}
+	parent := rec.Parent
+	var until time.Time
+	for id, hops := parent, 0; id != ""; hops++ {
+		if hops > maxDelegationDepth {
+			return "", time.Time{}, fmt.Errorf("%w: chain longer than %d", errAncestorGone, maxDelegationDepth)
+		}
+		a, err := b.store.db.Token(ctx, id)
+		if err != nil {
+			return "", time.Time{}, fmt.Errorf("%w: %s: %w", errAncestorGone, id, err)
+		}
+		if !now.Before(a.ExpiresAt) || b.store.revocations.RecordRevoked(a) {
+			return "", time.Time{}, fmt.Errorf("%w: %s", errAncestorGone, id)
+		}
+		if until.IsZero() || a.ExpiresAt.Before(until) {
+			until = a.ExpiresAt
+		}
+		id = a.Parent
+	}
+	if parent == "" {
+		return "", time.Time{}, fmt.Errorf("%w: no delegator recorded", errAncestorGone)
+	}
+	return parent, until, nil
+}
+
 func (b *Broker) handleRelease(w http.ResponseWriter, r *http.Request) {
 	c := claimsFrom(r)
-	if err := b.store.Revoke(r.Context(), LevelToken, c.Jti); err != nil {
-		b.obs.DBError("revoke")
-		b.log.Error("release: revoke failed", "jti", c.Jti, "error", err)
+	if _, err := b.store.revoke(r.Context(), LevelToken, c.Jti, b.now()); err != nil {
+		b.dbFailed(w, r, "revoke", err, "release failed")
+		return
 	}
 	b.obs.TokenRevoked("release")
 	b.audit(r.Context(), Event{
@@ -130,13 +204,12 @@ func (b *Broker) handleRevoke(w http.ResponseWriter, r *http.Request) {
 		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "level and target are required")
 		return
 	}
-	if !validLevel(req.Level) {
+	if !ValidLevel(req.Level) {
 		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "invalid revocation level: "+req.Level)
 		return
 	}
-	if err := b.store.Revoke(r.Context(), req.Level, req.Target); err != nil {
-		b.obs.DBError("revoke")
-		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "revocation failed")
+	if _, err := b.store.revoke(r.Context(), req.Level, req.Target, b.now()); err != nil {
+		b.dbFailed(w, r, "revoke", err, "revocation failed")
 		return
 	}
 	b.obs.TokenRevoked(req.Level)
@@ -171,10 +244,9 @@ func (b *Broker) handleAuditEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	offset, _ := strconv.Atoi(q.Get("offset"))
 	f.Limit, f.Offset = min(limit, maxAuditLimit), max(offset, 0)
-	events, total, err := b.store.QueryAudit(r.Context(), f)
+	events, total, err := b.store.db.QueryAudit(r.Context(), f)
 	if err != nil {
-		b.obs.DBError("audit_query")
-		WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, "failed to query audit events")
+		b.dbFailed(w, r, "audit_query", err, "failed to query audit events")
 		return
 	}
 	writeJSON(w, http.StatusOK, AuditPage{events, total, offset, limit})

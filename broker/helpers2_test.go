@@ -30,7 +30,7 @@ func (e *testEnv) ourHeader() string {
 
 // forge signs raw header and payload JSON with the broker's own key.
 func (e *testEnv) forge(header, payload string) string {
-	return signJWS(e.broker.signer.key, header, payload)
+	return signJWS(e.broker.signer().key, header, payload)
 }
 
 // payloadAt is a minimal valid claims object for a token checked at now.

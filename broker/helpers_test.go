@@ -44,17 +44,53 @@ type testEnv struct {
 
 func newTestEnv(t *testing.T, mutate ...func(*Config)) *testEnv {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "broker.db")
-	store, err := Open(context.Background(), path)
+	e := &testEnv{t: t, dbPath: filepath.Join(t.TempDir(), "broker.db")}
+	e.open(mutate...)
+	return e
+}
+
+// openStore opens a Store on the database file at path.
+func openStore(t testing.TB, path string) *Store {
+	t.Helper()
+	db, err := openTestDatabase(context.Background(), path)
+	require.NoError(t, err)
+	store, err := NewStore(context.Background(), db, StoreOptions{})
 	require.NoError(t, err)
 	t.Cleanup(func() { store.Close() })
+	return store
+}
+
+// open opens the store and a broker configured by mutate.
+func (e *testEnv) open(mutate ...func(*Config)) {
+	e.t.Helper()
+	e.store = openStore(e.t, e.dbPath)
 	cfg := Config{AdminSecret: testAdminHash}
 	for _, m := range mutate {
 		m(&cfg)
 	}
-	b, err := New(store, cfg)
-	require.NoError(t, err)
-	return &testEnv{t: t, store: store, broker: b, dbPath: path}
+	b, err := New(e.store, cfg)
+	require.NoError(e.t, err)
+	e.broker = b
+}
+
+// revoke revokes through the store, as the handlers do.
+func (e *testEnv) revoke(level, target string) error {
+	_, err := e.store.revoke(context.Background(), level, target, time.Now())
+	return err
+}
+
+// verifyAudit recomputes the stored chain.
+func (e *testEnv) verifyAudit() error {
+	_, err := VerifyAudit(context.Background(), e.store.db)
+	return err
+}
+
+// auditSeq is the chain's length.
+func (e *testEnv) auditSeq() int64 {
+	e.t.Helper()
+	h, err := e.store.db.AuditHead(context.Background())
+	require.NoError(e.t, err)
+	return h.Seq
 }
 
 // do sends a request straight to the broker's handler.
@@ -202,16 +238,7 @@ func (e *testEnv) doReq(req *http.Request) *httptest.ResponseRecorder {
 func (e *testEnv) restart(mutate ...func(*Config)) {
 	e.t.Helper()
 	require.NoError(e.t, e.store.Close())
-	store, err := Open(context.Background(), e.dbPath)
-	require.NoError(e.t, err)
-	e.t.Cleanup(func() { store.Close() })
-	cfg := Config{AdminSecret: testAdminHash}
-	for _, m := range mutate {
-		m(&cfg)
-	}
-	b, err := New(store, cfg)
-	require.NoError(e.t, err)
-	e.store, e.broker = store, b
+	e.open(mutate...)
 }
 
 // jsonKeys returns the top-level member names of a JSON object, in order.
@@ -265,7 +292,7 @@ func payloadKeys(t *testing.T, tok string) []string {
 // events returns every audit event of the given type, oldest first.
 func (e *testEnv) events(eventType string) []Event {
 	e.t.Helper()
-	evs, _, err := e.store.QueryAudit(context.Background(), AuditFilter{EventType: eventType})
+	evs, _, err := e.store.db.QueryAudit(context.Background(), AuditFilter{EventType: eventType})
 	require.NoError(e.t, err)
 	return evs
 }
@@ -281,7 +308,7 @@ func (e *testEnv) lastEvent(eventType string) Event {
 // auditCount is the number of events in the chain.
 func (e *testEnv) auditCount() int {
 	e.t.Helper()
-	_, n, err := e.store.QueryAudit(context.Background(), AuditFilter{Limit: 1})
+	_, n, err := e.store.db.QueryAudit(context.Background(), AuditFilter{Limit: 1})
 	require.NoError(e.t, err)
 	return n
 }

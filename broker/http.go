@@ -6,9 +6,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
+
+	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
 )
 
 // MaxBodyBytes is the request body limit of every broker route (1 MiB).
@@ -194,7 +197,7 @@ func (b *Broker) bearer(scope string, next http.HandlerFunc) http.HandlerFunc {
 		if !ok {
 			return
 		}
-		if scope != "" && !coversScope(c.Scope, scope) {
+		if scope != "" && !scopemap.Covers(c.Scope, scope) {
 			b.audit(r.Context(), Event{
 				EventType: EventScopeViolation, AgentID: c.Sub, TaskID: c.TaskID, OrchID: c.OrchID,
 				Detail:   "scope_violation | required=" + scope + " | actual=" + strings.Join(c.Scope, ",") + " | path=" + r.URL.Path,
@@ -225,6 +228,11 @@ func (b *Broker) authenticate(w http.ResponseWriter, r *http.Request) (*Claims, 
 		return fail("invalid authorization scheme", "invalid authorization scheme")
 	}
 	c, err := b.Verify(r.Context(), tok)
+	if errors.Is(err, ErrUnavailable) {
+		w.Header().Set("Retry-After", "1")
+		WriteProblem(w, r, http.StatusServiceUnavailable, ErrTypeUnavailable, "token verification is temporarily unavailable")
+		return nil, false
+	}
 	if err != nil {
 		return fail("token verification failed", "token verification failed: "+err.Error())
 	}

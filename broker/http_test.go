@@ -332,7 +332,7 @@ func TestBearerAudienceAndIssuer(t *testing.T) {
 	_ = id
 
 	// A token from a broker with another issuer (same key) fails verification.
-	e2 := newTestEnv(t, func(c *Config) { c.Issuer = "iss-2"; c.SigningKey = e.store.key })
+	e2 := newTestEnv(t, func(c *Config) { c.Issuer = "iss-2"; c.SigningKey = e.broker.signer().key })
 	foreign := e2.issueToken(Claims{Sub: sub, Aud: []string{"aud-1"}, Scope: []string{"read:data:x"}}, 60)
 	requireProblem(t, e.do("POST", "/v1/token/renew", foreign, nil), 401, "unauthorized", "token verification failed")
 	require.Equal(t, false, decode(t, e.do("POST", "/v1/token/validate", "", map[string]string{"token": foreign}))["valid"])

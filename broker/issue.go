@@ -2,23 +2,9 @@ package broker
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-
-	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
+	"time"
 )
-
-// coversScope is AgentWrit's coverage rule, shared with the gateway.
-func coversScope(granted []string, required string) bool { return scopemap.Covers(granted, required) }
-
-func randomHex(n int) (string, error) {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(b), nil
-}
 
 // issue signs a token for c with a fresh jti, iat = nbf = now, exp = now +
 // ttl seconds and the configured issuer.
@@ -29,7 +15,7 @@ func (b *Broker) issue(c Claims, ttl int64) (string, Claims, error) {
 	}
 	now := b.now().Unix()
 	c.Iss, c.Jti, c.Iat, c.Nbf, c.Exp = b.cfg.Issuer, jti, now, now, now+ttl
-	tok, err := b.signer.sign(&c)
+	tok, err := b.signer().sign(&c)
 	if err != nil {
 		return "", c, err
 	}
@@ -41,23 +27,29 @@ func (b *Broker) issue(c Claims, ttl int64) (string, Claims, error) {
 	return tok, c, nil
 }
 
-// audience is the aud of newly issued admin, app and agent tokens.
-func (b *Broker) audience() []string {
-	if b.cfg.Audience == "" {
-		return nil
+// recordOf is what the database keeps of the token c; parent is the jti
+// of the delegator's token for a delegated one.
+func recordOf(c *Claims, parent string) TokenRecord {
+	r := TokenRecord{
+		JTI: c.Jti, Subject: c.Sub, Parent: parent, TaskID: c.TaskID, OrchID: c.OrchID, Scope: c.Scope,
+		Depth: c.DelegationDepth(), IssuedAt: time.Unix(c.Iat, 0).UTC(), ExpiresAt: time.Unix(c.Exp, 0).UTC(),
 	}
-	return []string{b.cfg.Audience}
+	if r.Depth > 0 {
+		r.Root = c.DelegationChain[0].Agent
+	}
+	return r
 }
 
-// audit appends e to the chain. A failed write is logged and counted; the
-// request it describes still gets its answer, as upstream does.
-func (b *Broker) audit(ctx context.Context, e Event) {
-	start := b.now()
-	if _, err := b.store.audit.append(ctx, e); err != nil {
-		b.obs.DBError("audit_write")
-		b.log.Error("audit write failed", "event_type", e.EventType, "error", err)
-		return
+// issueRecorded issues a token and records it, for the tokens whose issue
+// has no other write to share a transaction with (admin, app, delegated).
+func (b *Broker) issueRecorded(ctx context.Context, c Claims, ttl int64, parent string) (string, Claims, error) {
+	tok, c, err := b.issue(c, ttl)
+	if err != nil {
+		return "", c, err
 	}
-	b.obs.AuditWrite(b.now().Sub(start))
-	b.obs.AuditEvent(e.EventType)
+	rec := recordOf(&c, parent)
+	if err := b.store.db.SaveToken(ctx, &rec); err != nil {
+		return "", c, fmt.Errorf("record token: %w", err)
+	}
+	return tok, c, nil
 }

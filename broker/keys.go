@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -47,35 +48,56 @@ func jwkOf(pub ed25519.PublicKey) JWK {
 
 // LoadKeyFile reads a PKCS#8 "PRIVATE KEY" PEM file holding an Ed25519 key,
 // creating it (mode 0600, parents 0700) when it does not exist, as upstream
-// does with AA_SIGNING_KEY_PATH.
+// does with AA_SIGNING_KEY_PATH. A key file that group or others can read
+// is refused, with the chmod that fixes it.
 func LoadKeyFile(path string) (ed25519.PrivateKey, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return createKeyFile(path)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("signing key: %w", err)
+		return nil, fmt.Errorf("key file: %w", err)
 	}
-	return parseKeyPEM(b)
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	if m := fi.Mode().Perm(); m&0o077 != 0 {
+		return nil, fmt.Errorf("%w: key file %s has mode %04o, so other users can read the private key; run: chmod 600 %s",
+			ErrBadConfig, path, m, path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	if err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	k, err := ParseKeyPEM(b)
+	if err != nil {
+		return nil, fmt.Errorf("key file %s: %w", path, err)
+	}
+	return k, nil
 }
 
-func parseKeyPEM(b []byte) (ed25519.PrivateKey, error) {
+// ParseKeyPEM parses a PKCS#8 "PRIVATE KEY" PEM block holding an Ed25519
+// key.
+func ParseKeyPEM(b []byte) (ed25519.PrivateKey, error) {
 	blk, _ := pem.Decode(b)
 	if blk == nil || blk.Type != "PRIVATE KEY" {
-		return nil, errors.New("signing key: no PEM block of type PRIVATE KEY")
+		return nil, errors.New("no PEM block of type PRIVATE KEY")
 	}
 	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("signing key: %w", err)
+		return nil, fmt.Errorf("PKCS#8: %w", err)
 	}
 	ek, ok := k.(ed25519.PrivateKey)
 	if !ok {
-		return nil, fmt.Errorf("signing key: %T is not an Ed25519 key", k)
+		return nil, fmt.Errorf("%T is not an Ed25519 key", k)
 	}
 	return ek, nil
 }
 
-func marshalKeyPEM(k ed25519.PrivateKey) ([]byte, error) {
+// MarshalKeyPEM encodes k as a PKCS#8 "PRIVATE KEY" PEM block.
+func MarshalKeyPEM(k ed25519.PrivateKey) ([]byte, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(k)
 	if err != nil {
 		return nil, err
@@ -88,7 +110,7 @@ func createKeyFile(path string) (ed25519.PrivateKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("signing key: %w", err)
 	}
-	b, err := marshalKeyPEM(k)
+	b, err := MarshalKeyPEM(k)
 	if err != nil {
 		return nil, fmt.Errorf("signing key: %w", err)
 	}
@@ -97,6 +119,10 @@ func createKeyFile(path string) (ed25519.PrivateKey, error) {
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
+		return nil, fmt.Errorf("signing key: %w", err)
+	}
+	if err := f.Chmod(0o600); err != nil { // whatever the umask
+		f.Close()
 		return nil, fmt.Errorf("signing key: %w", err)
 	}
 	if _, err := f.Write(b); err != nil {

@@ -1,9 +1,7 @@
 package broker
 
 import (
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
+	"context"
 	"sync"
 	"time"
 )
@@ -13,75 +11,69 @@ const (
 	defaultMaxNonces = 100_000
 )
 
-var (
-	errNonceUnknown  = errors.New("nonce not found or expired")
-	errNonceConsumed = errors.New("nonce already consumed")
-)
-
 type nonceEntry struct {
 	expires  time.Time
 	consumed bool
 }
 
-// nonceStore holds challenge nonces in memory (they need not survive a
-// restart, but live in the Store so they survive a Caddy reload). Unlike
-// upstream it is bounded (D10): expired nonces are pruned, and when max are
-// outstanding the oldest is dropped. Nonces expire in creation order, so a
-// FIFO queue is also the expiry order.
-type nonceStore struct {
+// memoryNonces is the NonceDB of a database that keeps no nonces (SQLite,
+// one node): nonces need not survive a restart, but they live in the
+// Store, so they survive a Caddy reload. Unlike upstream it is bounded:
+// expired nonces are pruned, and when max are outstanding the oldest is
+// dropped. Nonces expire in creation order, so a FIFO queue is also the
+// expiry order.
+type memoryNonces struct {
 	mu      sync.Mutex
 	max     int
 	entries map[string]*nonceEntry
 	queue   []string
 }
 
-func newNonceStore(max int) *nonceStore {
-	return &nonceStore{max: max, entries: make(map[string]*nonceEntry)}
+func newMemoryNonces(max int) *memoryNonces {
+	return &memoryNonces{max: max, entries: make(map[string]*nonceEntry)}
 }
 
-// issue returns a fresh nonce: 32 random bytes as 64 lowercase hex chars.
-func (s *nonceStore) issue(now time.Time) (string, error) {
-	var b [32]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
-	}
-	n := hex.EncodeToString(b[:])
+// PutNonce implements NonceDB.
+func (s *memoryNonces) PutNonce(_ context.Context, n string, expires time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.pruneLocked(now)
+	s.pruneLocked(expires.Add(-nonceTTL))
 	for len(s.queue) >= s.max {
 		s.dropOldestLocked()
 	}
-	s.entries[n] = &nonceEntry{expires: now.Add(nonceTTL)}
+	s.entries[n] = &nonceEntry{expires: expires}
 	s.queue = append(s.queue, n)
-	return n, nil
+	return nil
 }
 
-// consume checks n in upstream's order: unknown, then consumed, then expired.
-func (s *nonceStore) consume(n string, now time.Time) error {
+// ConsumeNonce implements NonceDB, in upstream's order: unknown, then
+// consumed, then expired.
+func (s *memoryNonces) ConsumeNonce(_ context.Context, n string, now time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.entries[n]
 	switch {
 	case !ok:
-		return errNonceUnknown
+		return ErrNotFound
 	case e.consumed:
-		return errNonceConsumed
+		return ErrConsumed
 	case now.After(e.expires):
 		delete(s.entries, n)
-		return errNonceUnknown
+		return ErrNotFound
 	}
 	e.consumed = true
 	return nil
 }
 
-func (s *nonceStore) prune(now time.Time) {
+// PruneNonces implements NonceDB.
+func (s *memoryNonces) PruneNonces(_ context.Context, now time.Time) error {
 	s.mu.Lock()
 	s.pruneLocked(now)
 	s.mu.Unlock()
+	return nil
 }
 
-func (s *nonceStore) pruneLocked(now time.Time) {
+func (s *memoryNonces) pruneLocked(now time.Time) {
 	for len(s.queue) > 0 {
 		e, ok := s.entries[s.queue[0]]
 		if ok && !now.After(e.expires) {
@@ -91,7 +83,7 @@ func (s *nonceStore) pruneLocked(now time.Time) {
 	}
 }
 
-func (s *nonceStore) dropOldestLocked() {
+func (s *memoryNonces) dropOldestLocked() {
 	delete(s.entries, s.queue[0])
 	s.queue[0] = ""
 	s.queue = s.queue[1:]
@@ -100,7 +92,7 @@ func (s *nonceStore) dropOldestLocked() {
 	}
 }
 
-func (s *nonceStore) len() int {
+func (s *memoryNonces) len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.entries)

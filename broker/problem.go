@@ -2,6 +2,7 @@ package broker
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 )
 
@@ -18,6 +19,7 @@ const (
 	ErrTypeRateLimited       = "rate_limited"
 	ErrTypePayloadTooLarge   = "payload_too_large"
 	ErrTypeInternal          = "internal_error"
+	ErrTypeUnavailable       = "service_unavailable"
 )
 
 // Problem is an RFC 7807 body in AgentWrit's shape and field order.
@@ -60,4 +62,18 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// dbFailed answers a failed database operation: 503 with Retry-After when
+// the database cannot be reached (nothing was acknowledged, the client may
+// retry), else 500 with detail. Either way the failure is counted as op.
+func (b *Broker) dbFailed(w http.ResponseWriter, r *http.Request, op string, err error, detail string) {
+	b.obs.DBError(op)
+	if errors.Is(err, ErrUnavailable) {
+		w.Header().Set("Retry-After", "1")
+		WriteProblem(w, r, http.StatusServiceUnavailable, ErrTypeUnavailable, "the broker's database is unavailable; retry shortly")
+		return
+	}
+	b.log.Error("agentwrit: database operation failed", "operation", op, "error", err)
+	WriteProblem(w, r, http.StatusInternalServerError, ErrTypeInternal, detail)
 }

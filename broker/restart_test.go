@@ -26,10 +26,23 @@ func chainHash(prev, id, ts, typ, agent, task, orch, detail, resource, outcome s
 
 func allEvents(t *testing.T, s *Store) []Event {
 	t.Helper()
-	evs, n, err := s.QueryAudit(context.Background(), AuditFilter{})
+	evs, n, err := s.db.QueryAudit(context.Background(), AuditFilter{})
 	require.NoError(t, err)
 	require.Len(t, evs, n)
 	return evs
+}
+
+// insertRawEvent writes a chained event straight into the file, as a
+// foreign writer or a test of long chains would.
+func insertRawEvent(t *testing.T, path string, e *Event) {
+	t.Helper()
+	ts, err := time.Parse(time.RFC3339Nano, e.Timestamp)
+	require.NoError(t, err)
+	_, err = rawDB(t, path).Exec(`INSERT INTO audit_events (seq, id, timestamp, ts_unix_nano, event_type, agent_id, task_id, orch_id,
+		detail, resource, outcome, deleg_depth, deleg_chain_hash, bytes_transferred, hash, prev_hash)
+		VALUES (?,?,?,?,?,?,?,?,?,NULL,NULL,NULL,NULL,NULL,?,?)`,
+		e.Seq, e.ID, e.Timestamp, ts.UnixNano(), e.EventType, e.AgentID, e.TaskID, e.OrchID, e.Detail, e.Hash, e.PrevHash)
+	require.NoError(t, err)
 }
 
 // rawDB opens a second, independent connection to the store's file.
@@ -71,7 +84,7 @@ func TestRestart(t *testing.T) {
 
 	before := allEvents(t, e.store)
 	require.NotEmpty(t, before)
-	require.NoError(t, e.store.VerifyAudit(ctx))
+	require.NoError(t, e.verifyAudit())
 	lastHash := before[len(before)-1].Hash
 
 	e.restart()
@@ -86,25 +99,25 @@ func TestRestart(t *testing.T) {
 	}
 	after := allEvents(t, e.store)
 	require.Equal(t, before, after, "the chain is unchanged by the restart")
-	require.NoError(t, e.store.VerifyAudit(ctx))
+	require.NoError(t, e.verifyAudit())
 
 	// The chain continues from the last hash, the counter from the last id.
 	require.Equal(t, http.StatusOK, e.do("POST", "/v1/revoke", admin, map[string]string{"level": "token", "target": "x"}).Code)
 	next := allEvents(t, e.store)[len(before)]
 	require.Equal(t, lastHash, next.PrevHash)
 	require.Equal(t, fmt.Sprintf("evt-%06d", len(before)+1), next.ID)
-	require.NoError(t, e.store.VerifyAudit(ctx))
+	require.NoError(t, e.verifyAudit())
 
 	// Nonces are the one thing a restart loses; launch tokens are kept (D9).
 	requireProblem(t, e.do("POST", "/v1/register", "", oldNonceBody), http.StatusUnauthorized, "unauthorized", "nonce: nonce not found or expired")
 	require.Equal(t, http.StatusOK, e.do("POST", "/v1/register", "", e.registration(lt)).Code)
 
 	// A revocation made after the first restart survives a second one.
-	require.NoError(t, e.store.Revoke(ctx, LevelToken, claimsOf(t, live)["jti"].(string)))
+	require.NoError(t, e.revoke(LevelToken, claimsOf(t, live)["jti"].(string)))
 	e.restart()
 	_, err := e.broker.Verify(ctx, live)
 	require.ErrorIs(t, err, ErrRevoked)
-	require.NoError(t, e.store.VerifyAudit(ctx))
+	require.NoError(t, e.verifyAudit())
 }
 
 // TestVerifyAuditDetectsTampering: a single altered, re-hashed, or deleted
@@ -117,7 +130,7 @@ func TestVerifyAuditDetectsTampering(t *testing.T) {
 			_, err := e.store.audit.append(ctx, Event{EventType: EventTokenRevoked, Detail: fmt.Sprintf("revoked at level=token target=t%d", i), Outcome: OutcomeSuccess})
 			require.NoError(t, err)
 		}
-		require.NoError(t, e.store.VerifyAudit(ctx))
+		require.NoError(t, e.verifyAudit())
 		return e, rawDB(t, e.dbPath)
 	}
 	chainErr := func(t *testing.T, err error) *ChainError {
@@ -131,7 +144,7 @@ func TestVerifyAuditDetectsTampering(t *testing.T) {
 		e, db := setup(t)
 		_, err := db.Exec(`UPDATE audit_events SET detail = 'revoked at level=token target=nothing' WHERE id = 'evt-000004'`)
 		require.NoError(t, err)
-		ce := chainErr(t, e.store.VerifyAudit(ctx))
+		ce := chainErr(t, e.verifyAudit())
 		require.Equal(t, 3, ce.Index)
 		require.Equal(t, "evt-000004", ce.ID)
 		require.Contains(t, ce.Reason, "recomputed")
@@ -145,7 +158,7 @@ func TestVerifyAuditDetectsTampering(t *testing.T) {
 			e, db := setup(t)
 			_, err := db.Exec(`UPDATE audit_events SET ` + set + ` WHERE id = 'evt-000006'`)
 			require.NoError(t, err)
-			ce := chainErr(t, e.store.VerifyAudit(ctx))
+			ce := chainErr(t, e.verifyAudit())
 			require.Equal(t, 5, ce.Index, set)
 			require.Equal(t, "evt-000006", ce.ID, set)
 		}
@@ -158,7 +171,7 @@ func TestVerifyAuditDetectsTampering(t *testing.T) {
 		ev.Detail = "forged"
 		_, err := db.Exec(`UPDATE audit_events SET detail = ?, hash = ? WHERE id = ?`, ev.Detail, ev.ComputeHash(), ev.ID)
 		require.NoError(t, err)
-		ce := chainErr(t, e.store.VerifyAudit(ctx))
+		ce := chainErr(t, e.verifyAudit())
 		require.Equal(t, 3, ce.Index)
 		require.Equal(t, "evt-000004", ce.ID)
 		require.Contains(t, ce.Reason, "prev_hash")
@@ -167,7 +180,7 @@ func TestVerifyAuditDetectsTampering(t *testing.T) {
 		e, db := setup(t)
 		_, err := db.Exec(`DELETE FROM audit_events WHERE id = 'evt-000005'`)
 		require.NoError(t, err)
-		ce := chainErr(t, e.store.VerifyAudit(ctx))
+		ce := chainErr(t, e.verifyAudit())
 		require.Equal(t, 4, ce.Index)
 		require.Equal(t, "evt-000006", ce.ID)
 	})
@@ -175,7 +188,7 @@ func TestVerifyAuditDetectsTampering(t *testing.T) {
 		e, db := setup(t)
 		_, err := db.Exec(`UPDATE audit_events SET prev_hash = hash WHERE id = 'evt-000001'`)
 		require.NoError(t, err)
-		ce := chainErr(t, e.store.VerifyAudit(ctx))
+		ce := chainErr(t, e.verifyAudit())
 		require.Equal(t, 0, ce.Index)
 		require.Equal(t, "evt-000001", ce.ID)
 	})
@@ -186,7 +199,7 @@ func TestVerifyAuditDetectsTampering(t *testing.T) {
 // independent recomputation.
 func TestAuditHashVector(t *testing.T) {
 	e1 := Event{
-		PrevHash: genesisHash, ID: "evt-000001", Timestamp: "2026-01-02T03:04:05.12Z", EventType: EventTokenRevoked,
+		PrevHash: GenesisHash, ID: "evt-000001", Timestamp: "2026-01-02T03:04:05.12Z", EventType: EventTokenRevoked,
 		AgentID: "spiffe://x", Detail: "revoked at level=token target=abc", Outcome: OutcomeSuccess,
 	}
 	require.Equal(t, "3930ed71e4192cc996cebe75a9279537a19969b4f41b4704ceb128922b939b82", e1.ComputeHash())
@@ -209,7 +222,7 @@ func TestAuditHashVector(t *testing.T) {
 	// Every event the broker writes recomputes independently.
 	e := newTestEnv(t)
 	e.mkAgent(0, "read:data:x")
-	prev := genesisHash
+	prev := GenesisHash
 	for i, ev := range allEvents(t, e.store) {
 		require.Equal(t, fmt.Sprintf("evt-%06d", i+1), ev.ID)
 		require.Equal(t, prev, ev.PrevHash)
@@ -231,7 +244,7 @@ func TestAuditForeignChain(t *testing.T) {
 	db := rawDB(t, e.dbPath)
 	tx, err := db.Begin()
 	require.NoError(t, err)
-	prev := genesisHash
+	prev := GenesisHash
 	base := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
 	const n = 2345
 	for i := 1; i <= n; i++ {
@@ -246,18 +259,18 @@ func TestAuditForeignChain(t *testing.T) {
 	require.NoError(t, tx.Commit())
 
 	e.restart()
-	require.NoError(t, e.store.VerifyAudit(ctx))
+	require.NoError(t, e.verifyAudit())
 	ev, err := e.store.audit.append(ctx, Event{EventType: EventAdminAuth, Detail: "admin authenticated as admin", Outcome: OutcomeSuccess})
 	require.NoError(t, err)
 	require.Equal(t, prev, ev.PrevHash)
 	require.Equal(t, fmt.Sprintf("evt-%06d", n+1), ev.ID)
-	require.NoError(t, e.store.VerifyAudit(ctx))
+	require.NoError(t, e.verifyAudit())
 
 	// A break past the first page is still found and located.
 	_, err = db.Exec(`UPDATE audit_events SET detail = 'x' WHERE id = 'evt-002001'`)
 	require.NoError(t, err)
 	var ce *ChainError
-	require.ErrorAs(t, e.store.VerifyAudit(ctx), &ce)
+	require.ErrorAs(t, e.verifyAudit(), &ce)
 	require.Equal(t, 2000, ce.Index)
 	require.Equal(t, "evt-002001", ce.ID)
 }
@@ -294,5 +307,5 @@ func TestSanitizeDetail(t *testing.T) {
 	require.Equal(t, "client_secret=***REDACTED***", ev.Detail)
 	stored := allEvents(t, e.store)[0]
 	require.Equal(t, ev, stored)
-	require.Equal(t, chainHash(genesisHash, ev.ID, ev.Timestamp, ev.EventType, "", "", "", "client_secret=***REDACTED***", "", OutcomeDenied, 0, "", 0), stored.Hash)
+	require.Equal(t, chainHash(GenesisHash, ev.ID, ev.Timestamp, ev.EventType, "", "", "", "client_secret=***REDACTED***", "", OutcomeDenied, 0, "", 0), stored.Hash)
 }

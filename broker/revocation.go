@@ -1,12 +1,6 @@
 package broker
 
-import (
-	"context"
-	"database/sql"
-	"fmt"
-	"sync"
-	"time"
-)
+import "sync"
 
 // Revocation levels, as /v1/revoke spells them.
 const (
@@ -16,84 +10,121 @@ const (
 	LevelChain = "chain" // target: the root delegator of a delegation chain
 )
 
-func validLevel(l string) bool {
+// ValidLevel reports whether l is one of the four revocation levels.
+func ValidLevel(l string) bool {
 	return l == LevelToken || l == LevelAgent || l == LevelTask || l == LevelChain
 }
 
-// revocationIndex is the in-memory mirror of the revocations table: one set
-// per level, so a check is four map lookups under a read lock.
-type revocationIndex struct {
+// RevocationIndex is the in-memory set of revocations a verifier checks on
+// every request: one set per level, so a check is four map lookups under a
+// read lock. The embedded broker keeps it current from its database;
+// remote gateways in local mode from the broker's revocation feed.
+type RevocationIndex struct {
 	mu   sync.RWMutex
-	sets map[string]map[string]struct{}
+	sets [4]map[string]struct{} // by levelIndex
+	seq  int64                  // the highest sequence number applied in order
 }
 
-func newRevocationIndex() *revocationIndex {
-	return &revocationIndex{sets: map[string]map[string]struct{}{
-		LevelToken: {}, LevelAgent: {}, LevelTask: {}, LevelChain: {},
-	}}
-}
-
-func (x *revocationIndex) load(ctx context.Context, db *sql.DB) error {
-	rows, err := db.QueryContext(ctx, `SELECT level, target FROM revocations`)
-	if err != nil {
-		return fmt.Errorf("load revocations: %w", err)
+// NewRevocationIndex returns an empty index.
+func NewRevocationIndex() *RevocationIndex {
+	x := &RevocationIndex{}
+	for i := range x.sets {
+		x.sets[i] = map[string]struct{}{}
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var level, target string
-		if err := rows.Scan(&level, &target); err != nil {
-			return fmt.Errorf("load revocations: %w", err)
-		}
-		x.add(level, target)
-	}
-	return rows.Err()
+	return x
 }
 
-func (x *revocationIndex) add(level, target string) {
+func levelIndex(level string) int {
+	switch level {
+	case LevelToken:
+		return 0
+	case LevelAgent:
+		return 1
+	case LevelTask:
+		return 2
+	case LevelChain:
+		return 3
+	}
+	return -1
+}
+
+// Add makes r effective at once. It does not move Seq: a revocation
+// learned out of order (this replica's own, just committed) must not let a
+// follower skip the ones before it.
+func (x *RevocationIndex) Add(r Revocation) {
+	i := levelIndex(r.Level)
+	if i < 0 {
+		return
+	}
 	x.mu.Lock()
-	if set, ok := x.sets[level]; ok {
-		set[target] = struct{}{}
-	}
+	x.sets[i][r.Target] = struct{}{}
 	x.mu.Unlock()
 }
 
-// revoked implements upstream's §7.4: jti, subject, task, or the root of the
-// delegation chain. It does not allocate.
-func (x *revocationIndex) revoked(c *Claims) bool {
+// Apply adds revocations read in sequence order and advances Seq to the
+// last of them.
+func (x *RevocationIndex) Apply(rs []Revocation) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, r := range rs {
+		if i := levelIndex(r.Level); i >= 0 {
+			x.sets[i][r.Target] = struct{}{}
+		}
+		x.seq = max(x.seq, r.Seq)
+	}
+}
+
+// Seq is the sequence number up to which every revocation has been applied.
+func (x *RevocationIndex) Seq() int64 {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	if _, ok := x.sets[LevelToken][c.Jti]; ok {
+	return x.seq
+}
+
+// Len is the number of revoked targets.
+func (x *RevocationIndex) Len() int {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	n := 0
+	for _, s := range x.sets {
+		n += len(s)
+	}
+	return n
+}
+
+// Revoked reports whether c is revoked: its jti, its subject, its task,
+// or the root of its delegation chain. It does not allocate.
+func (x *RevocationIndex) Revoked(c *Claims) bool {
+	root := ""
+	if len(c.DelegationChain) > 0 {
+		root = c.DelegationChain[0].Agent
+	}
+	return x.revoked(c.Jti, c.Sub, c.TaskID, root)
+}
+
+// RecordRevoked is Revoked for a stored token record.
+func (x *RevocationIndex) RecordRevoked(r *TokenRecord) bool {
+	return x.revoked(r.JTI, r.Subject, r.TaskID, r.Root)
+}
+
+func (x *RevocationIndex) revoked(jti, sub, task, root string) bool {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	if _, ok := x.sets[0][jti]; ok {
 		return true
 	}
-	if _, ok := x.sets[LevelAgent][c.Sub]; ok {
+	if _, ok := x.sets[1][sub]; ok {
 		return true
 	}
-	if c.TaskID != "" {
-		if _, ok := x.sets[LevelTask][c.TaskID]; ok {
+	if task != "" {
+		if _, ok := x.sets[2][task]; ok {
 			return true
 		}
 	}
-	if len(c.DelegationChain) > 0 {
-		if _, ok := x.sets[LevelChain][c.DelegationChain[0].Agent]; ok {
+	if root != "" {
+		if _, ok := x.sets[3][root]; ok {
 			return true
 		}
 	}
 	return false
-}
-
-// Revoke records a revocation durably and then in the live index, so that
-// once it returns no verification can succeed for the target. Revoking twice
-// is not an error.
-func (s *Store) Revoke(ctx context.Context, level, target string) error {
-	if !validLevel(level) || target == "" {
-		return fmt.Errorf("revoke: invalid level %q or empty target", level)
-	}
-	_, err := s.db.ExecContext(ctx,
-		`INSERT OR IGNORE INTO revocations(level, target, revoked_at) VALUES (?, ?, ?)`,
-		level, target, time.Now().UTC().Format(time.RFC3339Nano))
-	if err != nil {
-		return fmt.Errorf("revoke %s %s: %w", level, target, err)
-	}
-	s.revocations.add(level, target)
-	return nil
 }

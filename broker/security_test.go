@@ -49,7 +49,7 @@ func TestRFC8037Vectors(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "Example of Ed25519 signing", string(pl))
 	input := parts[0] + "." + parts[1]
-	require.NoError(t, verifyJWS(pubA2, input, parts[2]))
+	require.NoError(t, verifyJWS([]ed25519.PublicKey{pubA2}, input, parts[2]))
 	require.NoError(t, jwt.SigningMethodEdDSA.Verify(input, mustB64u(t, parts[2]), pubA2))
 	// ...and our signing primitive reproduces it (Ed25519 is deterministic).
 	sig, err := jwt.SigningMethodEdDSA.Sign(input, priv)
@@ -59,21 +59,23 @@ func TestRFC8037Vectors(t *testing.T) {
 	// A verifier for the A.2 key accepts the A.4 header and signature, and
 	// refuses the payload only because it is not JSON claims.
 	clk := newTestClock()
-	v := newVerifier(pubA2, "", clk.Now)
-	require.Equal(t, rfc8037Thumbprint, v.kid)
-	require.NoError(t, v.checkHeader(mustB64u(t, parts[0])))
+	require.Equal(t, rfc8037Thumbprint, Thumbprint(pubA2))
+	v := NewVerifier(VerifierOptions{Keys: staticKeys{pub: pubA2, kid: rfc8037Thumbprint}, Now: clk.Now})
+	keys, err := v.headerKeys(mustB64u(t, parts[0]))
+	require.NoError(t, err)
+	require.Equal(t, []ed25519.PublicKey{pubA2}, keys)
 	_, err = v.verify(rfc8037JWS)
 	require.ErrorIs(t, err, ErrMalformedToken)
 	require.NotErrorIs(t, err, ErrBadSignature)
 
 	// Any change to input or signature breaks it.
-	require.ErrorIs(t, verifyJWS(pubA2, input+"x", parts[2]), ErrBadSignature)
+	require.ErrorIs(t, verifyJWS([]ed25519.PublicKey{pubA2}, input+"x", parts[2]), ErrBadSignature)
 	bad := []byte(parts[2])
 	bad[10] ^= 1
-	require.Error(t, verifyJWS(pubA2, input, string(bad)))
+	require.Error(t, verifyJWS([]ed25519.PublicKey{pubA2}, input, string(bad)))
 	other, _, err := ed25519.GenerateKey(rand.Reader)
 	require.NoError(t, err)
-	require.ErrorIs(t, verifyJWS(other, input, parts[2]), ErrBadSignature)
+	require.ErrorIs(t, verifyJWS([]ed25519.PublicKey{other}, input, parts[2]), ErrBadSignature)
 }
 
 func mustB64u(t *testing.T, s string) []byte {
@@ -235,7 +237,7 @@ func TestVerifyBadInput(t *testing.T) {
 				name string
 				tok  string
 				want error
-			}{"payload unused bits", in + "." + b64u(ed25519.Sign(e.broker.signer.key, []byte(in))), ErrMalformedToken})
+			}{"payload unused bits", in + "." + b64u(ed25519.Sign(e.broker.signer().key, []byte(in))), ErrMalformedToken})
 		}
 		h := b64u([]byte(`{"alg":"EdDSA","x":"` + strings.Repeat("x", pad) + `"}`))
 		if s, ok := nonCanonical(t, h); ok {
@@ -244,7 +246,7 @@ func TestVerifyBadInput(t *testing.T) {
 				name string
 				tok  string
 				want error
-			}{"header unused bits", in + "." + b64u(ed25519.Sign(e.broker.signer.key, []byte(in))), ErrMalformedToken})
+			}{"header unused bits", in + "." + b64u(ed25519.Sign(e.broker.signer().key, []byte(in))), ErrMalformedToken})
 		}
 	}
 

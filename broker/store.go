@@ -2,220 +2,292 @@ package broker
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"database/sql"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
+	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
-
-	_ "modernc.org/sqlite" // pure-Go SQLite driver, registered as "sqlite"
 )
 
-// Store is the broker's durable state and the in-memory indexes built from
-// it: the signing key, apps, launch tokens, agents, revocations, the audit
-// chain, and (in memory only) outstanding nonces.
-//
-// One Store may serve several Brokers at once: during a Caddy reload the new
-// configuration starts before the old one stops, and both must see the same
-// revocations and audit chain. The Caddy side keeps a Store per database
-// path in a usage pool and closes it when the last user is gone.
-type Store struct {
-	db          *sql.DB
-	path        string
-	key         ed25519.PrivateKey
-	revocations *revocationIndex
-	nonces      *nonceStore
-	audit       *auditLog
+// Defaults of StoreOptions.
+const (
+	// DefaultMaxStaleness bounds how far behind the database a replica's
+	// revocation index may fall before it refuses to verify (shared
+	// databases only): a few catch-up intervals, so one slow query is
+	// not an outage, and short enough that a replica cut off from the
+	// database stops allowing within seconds.
+	DefaultMaxStaleness = 5 * time.Second
+	// DefaultCatchUpInterval is how often a replica of a shared database
+	// reads revocations it may have missed, notifications or not.
+	DefaultCatchUpInterval = time.Second
+)
 
-	closeOnce sync.Once
-	stop      chan struct{}
-	done      chan struct{}
+// StoreOptions configure a Store.
+type StoreOptions struct {
+	// MaxStaleness: with a shared database, Verify fails with
+	// ErrUnavailable once the revocation index has not been brought up to
+	// date for this long. Zero means DefaultMaxStaleness.
+	MaxStaleness time.Duration
+	// CatchUpInterval: how often a shared database is read for missed
+	// revocations. Zero means DefaultCatchUpInterval.
+	CatchUpInterval time.Duration
+	// Logger receives operational messages; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
 }
 
-const schema = `
-CREATE TABLE IF NOT EXISTS meta (
-	key   TEXT PRIMARY KEY,
-	value BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS audit_events (
-	seq               INTEGER PRIMARY KEY,
-	id                TEXT NOT NULL UNIQUE,
-	timestamp         TEXT NOT NULL,
-	ts_unix_nano      INTEGER NOT NULL,
-	event_type        TEXT NOT NULL,
-	agent_id          TEXT NOT NULL DEFAULT '',
-	task_id           TEXT NOT NULL DEFAULT '',
-	orch_id           TEXT NOT NULL DEFAULT '',
-	detail            TEXT NOT NULL DEFAULT '',
-	resource          TEXT,
-	outcome           TEXT,
-	deleg_depth       INTEGER,
-	deleg_chain_hash  TEXT,
-	bytes_transferred INTEGER,
-	hash              TEXT NOT NULL,
-	prev_hash         TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idx_audit_event_type ON audit_events(event_type);
-CREATE INDEX IF NOT EXISTS idx_audit_agent_id ON audit_events(agent_id);
-CREATE INDEX IF NOT EXISTS idx_audit_task_id ON audit_events(task_id);
-CREATE INDEX IF NOT EXISTS idx_audit_ts ON audit_events(ts_unix_nano);
-CREATE INDEX IF NOT EXISTS idx_audit_outcome ON audit_events(outcome);
-CREATE TABLE IF NOT EXISTS revocations (
-	id         INTEGER PRIMARY KEY AUTOINCREMENT,
-	level      TEXT NOT NULL,
-	target     TEXT NOT NULL,
-	revoked_at TEXT NOT NULL,
-	UNIQUE(level, target)
-);
-CREATE TABLE IF NOT EXISTS apps (
-	app_id             TEXT PRIMARY KEY,
-	name               TEXT NOT NULL UNIQUE,
-	client_id          TEXT NOT NULL UNIQUE,
-	client_secret_hash TEXT NOT NULL,
-	scope_ceiling      TEXT NOT NULL,
-	token_ttl          INTEGER NOT NULL DEFAULT 1800,
-	status             TEXT NOT NULL DEFAULT 'active',
-	created_at         TEXT NOT NULL,
-	updated_at         TEXT NOT NULL,
-	created_by         TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS idx_apps_status ON apps(status);
-CREATE TABLE IF NOT EXISTS launch_tokens (
-	token_hash    TEXT PRIMARY KEY,
-	agent_name    TEXT NOT NULL,
-	allowed_scope TEXT NOT NULL,
-	max_ttl       INTEGER NOT NULL,
-	single_use    INTEGER NOT NULL,
-	created_at    TEXT NOT NULL,
-	expires_at    INTEGER NOT NULL,
-	consumed_at   TEXT,
-	created_by    TEXT NOT NULL,
-	app_id        TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS idx_launch_tokens_app ON launch_tokens(app_id);
-CREATE TABLE IF NOT EXISTS agents (
-	agent_id      TEXT PRIMARY KEY,
-	public_key    BLOB NOT NULL,
-	orch_id       TEXT NOT NULL,
-	task_id       TEXT NOT NULL,
-	scope         TEXT NOT NULL,
-	app_id        TEXT NOT NULL DEFAULT '',
-	registered_at TEXT NOT NULL
-);
-`
+// Store is a Database plus the live state built from it that every Broker
+// of this process shares: the revocation index checked on every request,
+// the key ring, the audit appender, and the nonces when the database does
+// not keep them. During a Caddy reload the new configuration's brokers and
+// the old one's use the same Store, so they see the same revocations and
+// append to one chain.
+//
+// With a shared database (PostgreSQL, several replicas) a follower keeps
+// the index and the key ring current: it catches up on every notification
+// from the database and every CatchUpInterval regardless.
+type Store struct {
+	db          Database
+	info        DatabaseInfo
+	nonces      NonceDB
+	revocations *RevocationIndex
+	keys        *keyRing
+	audit       *auditLog
+	opt         StoreOptions
+	log         *slog.Logger
 
-// Open opens (creating if needed) the SQLite database at path and loads the
-// signing key, revocations and the audit chain's tail into memory.
-func Open(ctx context.Context, path string) (*Store, error) {
-	if path == "" {
-		return nil, fmt.Errorf("open store: %w: empty database path", ErrBadConfig)
+	synced   atomic.Int64  // unix nanoseconds of the last complete catch-up
+	catchUp  chan struct{} // wakes the follower; capacity 1
+	reloadMu sync.Mutex    // serializes key-ring reloads
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+	once sync.Once
+}
+
+// NewStore loads the key ring (creating the first key in an empty
+// database) and the revocations, and starts the store's background work;
+// Close stops it and closes db.
+func NewStore(ctx context.Context, db Database, o StoreOptions) (*Store, error) {
+	if o.MaxStaleness <= 0 {
+		o.MaxStaleness = DefaultMaxStaleness
 	}
-	if path != ":memory:" {
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return nil, fmt.Errorf("open store: %w", err)
-		}
+	if o.CatchUpInterval <= 0 {
+		o.CatchUpInterval = DefaultCatchUpInterval
 	}
-	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_txlock=immediate"
-	db, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		return nil, fmt.Errorf("open store: %w", err)
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	// One connection: every write is serialized in-process, so two brokers
-	// sharing this Store can never see "database is locked".
-	db.SetMaxOpenConns(1)
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	s := &Store{
-		db:          db,
-		path:        path,
-		revocations: newRevocationIndex(),
-		nonces:      newNonceStore(defaultMaxNonces),
+		db: db, info: db.Info(), opt: o, log: o.Logger,
+		revocations: NewRevocationIndex(),
+		keys:        &keyRing{now: o.Now},
+		audit:       &auditLog{db: db, now: o.Now},
+		catchUp:     make(chan struct{}, 1),
 		stop:        make(chan struct{}),
-		done:        make(chan struct{}),
 	}
-	if err := s.init(ctx); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open store %s: %w", path, err)
+	if n, ok := db.(NonceDB); ok {
+		s.nonces = n
+	} else {
+		s.nonces = newMemoryNonces(defaultMaxNonces)
 	}
+	if err := s.keys.loadKeys(ctx, db); err != nil {
+		return nil, err
+	}
+	if err := s.catchUpRevocations(ctx); err != nil {
+		return nil, err
+	}
+	s.wg.Add(1)
 	go s.janitor()
+	if s.info.Shared {
+		s.wg.Add(2)
+		go s.watch()
+		go s.follow()
+	}
 	return s, nil
 }
 
-func (s *Store) init(ctx context.Context) error {
-	if _, err := s.db.ExecContext(ctx, schema); err != nil {
-		return fmt.Errorf("schema: %w", err)
-	}
-	key, err := s.loadOrCreateKey(ctx)
-	if err != nil {
-		return err
-	}
-	s.key = key
-	if err := s.revocations.load(ctx, s.db); err != nil {
-		return err
-	}
-	s.audit, err = loadAuditLog(ctx, s.db)
-	return err
-}
+// Database is the store's database.
+func (s *Store) Database() Database { return s.db }
 
-func (s *Store) loadOrCreateKey(ctx context.Context) (ed25519.PrivateKey, error) {
-	var b []byte
-	err := s.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'signing_key'`).Scan(&b)
-	if err == nil {
-		return parseKeyPEM(b)
-	}
-	if !errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("signing key: %w", err)
-	}
-	_, k, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("signing key: %w", err)
-	}
-	pemb, err := marshalKeyPEM(k)
-	if err != nil {
-		return nil, fmt.Errorf("signing key: %w", err)
-	}
-	// INSERT OR IGNORE then re-read: safe even if another process raced us.
-	if _, err := s.db.ExecContext(ctx, `INSERT OR IGNORE INTO meta(key, value) VALUES ('signing_key', ?)`, pemb); err != nil {
-		return nil, fmt.Errorf("signing key: %w", err)
-	}
-	if err := s.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'signing_key'`).Scan(&b); err != nil {
-		return nil, fmt.Errorf("signing key: %w", err)
-	}
-	return parseKeyPEM(b)
-}
+// Info describes the store's database.
+func (s *Store) Info() DatabaseInfo { return s.info }
 
-// Path is the database path the Store was opened with.
-func (s *Store) Path() string { return s.path }
-
-// Close stops background work and closes the database. It is idempotent.
+// Close stops the background work and closes the database. It is idempotent.
 func (s *Store) Close() error {
 	var err error
-	s.closeOnce.Do(func() {
+	s.once.Do(func() {
 		close(s.stop)
-		<-s.done
+		s.wg.Wait()
 		err = s.db.Close()
 	})
 	return err
 }
 
-// janitor prunes expired nonces and long-expired launch tokens so memory and
-// the database cannot grow without bound (D10).
+// fresh returns ErrUnavailable when the revocation index of a shared
+// database is older than the staleness bound: then a revocation made on
+// another replica might be missing, and failing closed is the only safe
+// answer. It costs an atomic load on the hot path.
+func (s *Store) fresh() error {
+	if !s.info.Shared {
+		return nil
+	}
+	age := s.opt.Now().Sub(time.Unix(0, s.synced.Load()))
+	if age > s.opt.MaxStaleness {
+		return fmt.Errorf("%w: revocations last synchronized %s ago (bound %s)", ErrUnavailable, age.Round(time.Millisecond), s.opt.MaxStaleness)
+	}
+	return nil
+}
+
+// revoke records a revocation and makes it effective in this process
+// before returning, whatever the follower is doing.
+func (s *Store) revoke(ctx context.Context, level, target string, now time.Time) (Revocation, error) {
+	r, err := s.db.Revoke(ctx, level, target, now)
+	if err != nil {
+		return r, err
+	}
+	s.revocations.Add(r)
+	return r, nil
+}
+
+// catchUpRevocations applies every revocation after the index's sequence
+// number, in pages.
+func (s *Store) catchUpRevocations(ctx context.Context) error {
+	const page = 1000
+	for {
+		rs, err := s.db.RevocationsSince(ctx, s.revocations.Seq(), page)
+		if err != nil {
+			return fmt.Errorf("load revocations: %w", err)
+		}
+		s.revocations.Apply(rs)
+		if len(rs) < page {
+			s.synced.Store(s.opt.Now().UnixNano())
+			return nil
+		}
+	}
+}
+
+// reloadKeys re-reads the key ring, after a rotation here or elsewhere.
+func (s *Store) reloadKeys(ctx context.Context) error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	stored, err := s.db.SigningKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("signing keys: %w", err)
+	}
+	return s.keys.load(stored)
+}
+
+// watch relays the database's change notices to the follower, and
+// reconnects with backoff when the notification channel breaks.
+func (s *Store) watch() {
+	defer s.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { <-s.stop; cancel() }()
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := s.db.Watch(ctx, func(c Change) {
+			backoff = 100 * time.Millisecond
+			if c.Kind == ChangeKeys {
+				if err := s.reloadKeys(ctx); err != nil {
+					s.log.Warn("agentwrit: reloading signing keys failed", "error", err)
+				}
+				return
+			}
+			s.wake()
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("agentwrit: database change notifications interrupted; relying on catch-up", "error", err)
+		// A notice may have been lost while disconnected.
+		s.wake()
+		if err := s.reloadKeys(ctx); err != nil {
+			s.log.Debug("agentwrit: reloading signing keys failed", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (s *Store) wake() {
+	select {
+	case s.catchUp <- struct{}{}:
+	default:
+	}
+}
+
+// follow catches up on every wake-up and every CatchUpInterval.
+func (s *Store) follow() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.opt.CatchUpInterval)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		case <-s.catchUp:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.opt.MaxStaleness)
+		err := s.catchUpRevocations(ctx)
+		cancel()
+		switch {
+		case err != nil && !failing:
+			failing = true
+			s.log.Warn("agentwrit: cannot read revocations from the database; enforcement fails closed once they are stale",
+				"max_staleness", s.opt.MaxStaleness, "error", err)
+		case err == nil && failing:
+			failing = false
+			s.log.Info("agentwrit: revocations synchronized again")
+		}
+	}
+}
+
+// Housekeeping intervals and what they keep.
+const (
+	janitorInterval = 30 * time.Second
+	// expiredRetention keeps expired launch tokens and token records a
+	// day, so "expired" stays distinguishable from "not found".
+	expiredRetention = 24 * time.Hour
+)
+
+// janitor prunes what has expired, so neither memory nor the database
+// grows without bound.
 func (s *Store) janitor() {
-	defer close(s.done)
-	t := time.NewTicker(30 * time.Second)
+	defer s.wg.Done()
+	t := time.NewTicker(janitorInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-s.stop:
 			return
-		case now := <-t.C:
-			s.nonces.prune(now)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			// Keep a day of history so "expired" stays distinguishable from "not found".
-			_, _ = s.db.ExecContext(ctx, `DELETE FROM launch_tokens WHERE expires_at < ?`, now.Add(-24*time.Hour).Unix())
-			cancel()
+		case <-t.C:
+			s.prune(s.opt.Now())
 		}
+	}
+}
+
+func (s *Store) prune(now time.Time) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := errors.Join(
+		s.nonces.PruneNonces(ctx, now),
+		s.db.PruneLaunchTokens(ctx, now.Add(-expiredRetention)),
+		s.db.PruneTokens(ctx, now.Add(-expiredRetention)),
+	)
+	if err != nil {
+		s.log.Warn("agentwrit: pruning expired records failed", "error", err)
 	}
 }

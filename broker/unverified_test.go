@@ -25,7 +25,7 @@ func TestParseUnverified(t *testing.T) {
 		"short sig":      tok[:strings.LastIndexByte(tok, '.')+1] + "AAAA",
 		"duplicate key":  e.forge(e.ourHeader(), payloadAt(now, `"sub":"x"`)),
 		"case variant":   e.forge(e.ourHeader(), payloadAt(now, `"Scope":["admin:revoke:*"]`)),
-		"header not obj": signJWS(e.broker.signer.key, `[]`, payloadAt(now, "")),
+		"header not obj": signJWS(e.broker.signer().key, `[]`, payloadAt(now, "")),
 	} {
 		_, err := ParseUnverified(bad)
 		require.Error(t, err, name)

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/storage"
 )
 
 func init() {
@@ -84,7 +85,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.dbPath == "" {
 		a.dbPath = filepath.Join(caddy.AppDataDir(), "agentwrit", "broker.db")
 	}
-	if abs, err := filepath.Abs(a.dbPath); err == nil {
+	if abs, err := filepath.Abs(a.dbPath); err == nil && !storage.IsURL(a.dbPath) {
 		a.dbPath = abs
 	}
 	var err error
@@ -110,7 +111,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("agentwrit: %w", err)
 		}
 	}
-	store, err := loadStore(ctx, a.dbPath)
+	store, err := loadStore(ctx, a.dbPath, broker.StoreOptions{}, ctx.Slogger())
 	if err != nil {
 		return fmt.Errorf("agentwrit: %w", err)
 	}

@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"bytes"
-	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
@@ -22,6 +21,7 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/brokertest"
 )
 
 const cmdTestSecret = "cmd-test-admin-secret"
@@ -53,8 +53,7 @@ func startCmdTestBroker(t *testing.T, path, adminSecret string) *cmdTestBroker {
 	if adminSecret == "" {
 		adminSecret = cmdTestHash
 	}
-	store, err := broker.Open(context.Background(), path)
-	require.NoError(t, err)
+	store := brokertest.OpenStore(t, path)
 	var n atomic.Int64
 	b, err := broker.New(store, broker.Config{
 		AdminSecret: adminSecret,

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -20,17 +19,14 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/brokertest"
 	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
 )
 
 // benchBroker is an embedded broker plus a registered agent's token.
 func benchBroker(b testing.TB, scope ...string) (*broker.Broker, string) {
 	b.Helper()
-	store, err := broker.Open(context.Background(), filepath.Join(b.TempDir(), "b.db"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { store.Close() })
+	store := brokertest.OpenStore(b, "")
 	hash, _ := bcrypt.GenerateFromPassword([]byte("s"), bcrypt.MinCost)
 	br, err := broker.New(store, broker.Config{AdminSecret: string(hash)})
 	if err != nil {

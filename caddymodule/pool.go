@@ -3,37 +3,45 @@ package caddymodule
 import (
 	"context"
 	"fmt"
+	"log/slog"
 
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/storage"
 )
 
-// stores holds one open broker.Store per database path. A reload provisions
-// the new config before the old one is cleaned up, so both share the store
-// (its revocation index, audit chain and nonces) instead of opening the file
-// twice; the last user to leave closes it.
+// stores holds one open broker.Store per database (file path or URL). A
+// reload provisions the new config before the old one is cleaned up, so
+// both share the store (its revocation index, audit appender and nonces)
+// instead of opening the database twice; the last user to leave closes it.
 var stores = caddy.NewUsagePool()
 
 type storeDestructor struct{ *broker.Store }
 
 func (s storeDestructor) Destruct() error { return s.Store.Close() }
 
-func loadStore(ctx context.Context, path string) (*broker.Store, error) {
-	v, _, err := stores.LoadOrNew(path, func() (caddy.Destructor, error) {
-		s, err := broker.Open(ctx, path)
+func loadStore(ctx context.Context, dsn string, o broker.StoreOptions, log *slog.Logger) (*broker.Store, error) {
+	v, _, err := stores.LoadOrNew(dsn, func() (caddy.Destructor, error) {
+		db, err := storage.Open(ctx, dsn, storage.Options{})
 		if err != nil {
+			return nil, err
+		}
+		o.Logger = log
+		s, err := broker.NewStore(ctx, db, o)
+		if err != nil {
+			db.Close()
 			return nil, err
 		}
 		return storeDestructor{s}, nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("agentwrit database: %w", err)
+		return nil, fmt.Errorf("agentwrit database %s: %w", storage.Redact(dsn), err)
 	}
 	return v.(storeDestructor).Store, nil
 }
 
-func releaseStore(path string) error {
-	_, err := stores.Delete(path)
+func releaseStore(dsn string) error {
+	_, err := stores.Delete(dsn)
 	return err
 }

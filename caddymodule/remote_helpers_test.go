@@ -4,7 +4,6 @@ package caddymodule
 // (package caddymodule_test) can use them too.
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -33,6 +32,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/brokertest"
 )
 
 // TestPKI is a CA, a server certificate for 127.0.0.1 and a client
@@ -126,8 +126,7 @@ type TestBroker struct {
 // NewTestBroker serves a fresh broker; serverTLS nil means plain HTTP.
 func NewTestBroker(t testing.TB, serverTLS *tls.Config) *TestBroker {
 	t.Helper()
-	store, err := broker.Open(context.Background(), filepath.Join(t.TempDir(), "remote.db"))
-	require.NoError(t, err)
+	store := brokertest.OpenStore(t, "")
 	hash, err := bcrypt.GenerateFromPassword([]byte("remote-secret"), bcrypt.MinCost)
 	require.NoError(t, err)
 	br, err := broker.New(store, broker.Config{AdminSecret: string(hash)})

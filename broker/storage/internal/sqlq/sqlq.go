@@ -1,0 +1,166 @@
+// Package sqlq holds the SQL the database implementations share: the
+// audit filter, and the encodings of lists and optional values. Each
+// implementation brings its own placeholder syntax.
+package sqlq
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+)
+
+// Placeholder renders the n-th (from 1) bound parameter: "?" for SQLite,
+// "$n" for PostgreSQL.
+type Placeholder func(n int) string
+
+// Question is SQLite's placeholder.
+func Question(int) string { return "?" }
+
+// Dollar is PostgreSQL's placeholder.
+func Dollar(n int) string { return fmt.Sprintf("$%d", n) }
+
+// AuditColumns are the columns ScanEvent reads, in its order.
+const AuditColumns = `seq, id, timestamp, event_type, agent_id, task_id, orch_id, detail,
+	coalesce(resource,''), coalesce(outcome,''), coalesce(deleg_depth,0), coalesce(deleg_chain_hash,''),
+	coalesce(bytes_transferred,0), hash, prev_hash`
+
+// Scanner is a row.
+type Scanner interface{ Scan(dest ...any) error }
+
+// ScanEvent reads one row of AuditColumns.
+func ScanEvent(row Scanner, e *broker.Event) error {
+	return row.Scan(&e.Seq, &e.ID, &e.Timestamp, &e.EventType, &e.AgentID, &e.TaskID, &e.OrchID, &e.Detail,
+		&e.Resource, &e.Outcome, &e.DelegDepth, &e.DelegChainHash, &e.BytesTransferred, &e.Hash, &e.PrevHash)
+}
+
+// EventArgs are the values of an event's insert, in the order of
+// InsertAuditColumns.
+func EventArgs(e *broker.Event, tsNano int64) []any {
+	return []any{e.Seq, e.ID, e.Timestamp, tsNano, e.EventType, e.AgentID, e.TaskID, e.OrchID, e.Detail,
+		Null(e.Resource), Null(e.Outcome), NullInt(e.DelegDepth), Null(e.DelegChainHash), NullInt(e.BytesTransferred),
+		e.Hash, e.PrevHash}
+}
+
+// InsertAuditColumns are the columns EventArgs fills.
+const InsertAuditColumns = `seq, id, timestamp, ts_unix_nano, event_type, agent_id, task_id, orch_id, detail,
+	resource, outcome, deleg_depth, deleg_chain_hash, bytes_transferred, hash, prev_hash`
+
+// Params renders n placeholders from first on, comma separated.
+func Params(ph Placeholder, first, n int) string {
+	p := make([]string, n)
+	for i := range p {
+		p[i] = ph(first + i)
+	}
+	return strings.Join(p, ",")
+}
+
+// AuditQuery builds the filter, order and paging of f: the WHERE clause
+// (with its leading " WHERE ", or ""), its arguments, and the ORDER BY …
+// LIMIT … OFFSET … tail with its arguments appended.
+func AuditQuery(f broker.AuditFilter, ph Placeholder) (where string, args []any, tail string, all []any) {
+	var conds []string
+	add := func(cond string, v any) {
+		args = append(args, v)
+		conds = append(conds, fmt.Sprintf(cond, ph(len(args))))
+	}
+	for _, c := range []struct{ col, v string }{
+		{"agent_id", f.AgentID}, {"task_id", f.TaskID}, {"event_type", f.EventType}, {"outcome", f.Outcome},
+	} {
+		if c.v != "" {
+			add(c.col+" = %s", c.v)
+		}
+	}
+	if f.Since != nil {
+		add("ts_unix_nano >= %s", UnixNano(*f.Since))
+	}
+	if f.Until != nil {
+		add("ts_unix_nano <= %s", UnixNano(*f.Until))
+	}
+	if f.AfterSeq > 0 {
+		add("seq > %s", f.AfterSeq)
+	}
+	if f.BeforeSeq > 0 {
+		add("seq < %s", f.BeforeSeq)
+	}
+	if len(conds) > 0 {
+		where = " WHERE " + strings.Join(conds, " AND ")
+	}
+	order := "seq"
+	if f.NewestFirst {
+		order = "seq DESC"
+	}
+	limit := int64(f.Limit)
+	if limit <= 0 {
+		limit = math.MaxInt64
+	}
+	all = append(append([]any(nil), args...), limit, max(f.Offset, 0))
+	tail = fmt.Sprintf(" ORDER BY %s LIMIT %s OFFSET %s", order, ph(len(args)+1), ph(len(args)+2))
+	return where, args, tail, all
+}
+
+// Bounds of the times the store can compare (it keeps Unix nanoseconds).
+var (
+	minNano = time.Unix(0, math.MinInt64)
+	maxNano = time.Unix(0, math.MaxInt64)
+)
+
+// UnixNano is t.UnixNano clamped to the representable range, so that a
+// bound like 2999-01-01 matches nothing instead of overflowing.
+func UnixNano(t time.Time) int64 {
+	switch {
+	case t.Before(minNano):
+		return math.MinInt64
+	case t.After(maxNano):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
+
+// Null is s, or SQL NULL for "".
+func Null(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+// NullInt is i, or SQL NULL for 0.
+func NullInt(i int) any {
+	if i == 0 {
+		return nil
+	}
+	return i
+}
+
+// List encodes a scope list as stored: a JSON array.
+func List(l []string) (string, error) {
+	b, err := json.Marshal(l)
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+// ParseList decodes a stored scope list.
+func ParseList(s string) ([]string, error) {
+	var l []string
+	if err := json.Unmarshal([]byte(s), &l); err != nil {
+		return nil, fmt.Errorf("stored scope list: %w", err)
+	}
+	return l, nil
+}
+
+// Time parses a stored RFC 3339 time ("" is the zero time).
+func Time(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	return time.Parse(time.RFC3339Nano, s)
+}
+
+// FormatTime renders a time for storage: RFC 3339 with nanoseconds, UTC.
+func FormatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }

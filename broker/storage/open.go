@@ -1,0 +1,54 @@
+// Package storage opens the broker's Database named by a configuration's
+// database option: a file path for SQLite, or a postgres:// (or
+// postgresql://) URL for PostgreSQL.
+package storage
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/storage/sqlite"
+)
+
+// Options configure Open.
+type Options struct {
+	// ReadOnly opens without writing anything (offline verification).
+	ReadOnly bool
+}
+
+// IsURL reports whether dsn names a PostgreSQL database rather than a file.
+func IsURL(dsn string) bool {
+	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
+}
+
+// Open opens the database dsn names.
+func Open(ctx context.Context, dsn string, o Options) (broker.Database, error) {
+	if IsURL(dsn) {
+		return nil, fmt.Errorf("open %s: %w: PostgreSQL is not supported by this build", Redact(dsn), broker.ErrBadConfig)
+	}
+	return sqlite.Open(ctx, dsn, sqlite.Options{ReadOnly: o.ReadOnly})
+}
+
+// Redact returns dsn without a password, for logs and errors. A file path
+// is returned as is.
+func Redact(dsn string) string {
+	if !IsURL(dsn) {
+		return dsn
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "postgres://(unparsable URL)"
+	}
+	if _, has := u.User.Password(); has {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	q := u.Query()
+	if q.Has("password") {
+		q.Set("password", "xxxxx")
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}

@@ -1,0 +1,156 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/storage/internal/sqlq"
+)
+
+// CreateLaunchToken implements broker.LaunchTokenDB.
+func (d *DB) CreateLaunchToken(ctx context.Context, hash string, lt *broker.LaunchToken) error {
+	scope, err := sqlq.List(lt.AllowedScope)
+	if err != nil {
+		return fmt.Errorf("create launch token: %w", err)
+	}
+	_, err = d.db.ExecContext(ctx, `INSERT INTO launch_tokens
+		(token_hash, agent_name, allowed_scope, max_ttl, single_use, created_at, expires_at, created_by, app_id)
+		VALUES (?,?,?,?,?,?,?,?,?)`,
+		hash, lt.AgentName, scope, lt.MaxTTL, lt.SingleUse, sqlq.FormatTime(lt.CreatedAt),
+		lt.ExpiresAt.Unix(), lt.CreatedBy, lt.AppID)
+	if err != nil {
+		return fmt.Errorf("create launch token: %w", err)
+	}
+	return nil
+}
+
+// LaunchToken implements broker.LaunchTokenDB.
+func (d *DB) LaunchToken(ctx context.Context, hash string) (*broker.LaunchToken, error) {
+	var lt broker.LaunchToken
+	var scope, created string
+	var expires int64
+	var consumed sql.NullString
+	err := d.db.QueryRowContext(ctx, `SELECT agent_name, allowed_scope, max_ttl, single_use, created_at, expires_at,
+		consumed_at, created_by, app_id FROM launch_tokens WHERE token_hash = ?`, hash).
+		Scan(&lt.AgentName, &scope, &lt.MaxTTL, &lt.SingleUse, &created, &expires, &consumed, &lt.CreatedBy, &lt.AppID)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return nil, broker.ErrNotFound
+	case err != nil:
+		return nil, fmt.Errorf("lookup launch token: %w", err)
+	}
+	lt.ExpiresAt = time.Unix(expires, 0).UTC()
+	if lt.CreatedAt, err = sqlq.Time(created); err != nil {
+		return nil, fmt.Errorf("lookup launch token: %w", err)
+	}
+	if lt.ConsumedAt, err = sqlq.Time(consumed.String); err != nil {
+		return nil, fmt.Errorf("lookup launch token: %w", err)
+	}
+	if lt.AllowedScope, err = sqlq.ParseList(scope); err != nil {
+		return nil, fmt.Errorf("lookup launch token: %w", err)
+	}
+	return &lt, nil
+}
+
+// PruneLaunchTokens implements broker.LaunchTokenDB.
+func (d *DB) PruneLaunchTokens(ctx context.Context, before time.Time) error {
+	_, err := d.db.ExecContext(ctx, `DELETE FROM launch_tokens WHERE expires_at < ?`, before.Unix())
+	return err
+}
+
+// Register implements broker.AgentDB.
+func (d *DB) Register(ctx context.Context, r *broker.Registration) error {
+	a := &r.Agent
+	scope, err := sqlq.List(a.Scope)
+	if err != nil {
+		return fmt.Errorf("register: %w", err)
+	}
+	err = d.inTx(ctx, func(tx *sql.Tx) error {
+		if r.ConsumeLaunchToken != "" {
+			res, err := tx.ExecContext(ctx, `UPDATE launch_tokens SET consumed_at = ?
+				WHERE token_hash = ? AND consumed_at IS NULL`, sqlq.FormatTime(a.RegisteredAt), r.ConsumeLaunchToken)
+			if err != nil {
+				return err
+			}
+			if n, err := res.RowsAffected(); err != nil || n != 1 {
+				return broker.ErrConsumed
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO agents(agent_id, public_key, orch_id, task_id, scope, app_id, launch_token, registered_at)
+			VALUES (?,?,?,?,?,?,?,?)`, a.ID, a.PublicKey, a.OrchID, a.TaskID, scope, a.AppID, a.LaunchToken,
+			sqlq.FormatTime(a.RegisteredAt)); err != nil {
+			return err
+		}
+		return saveToken(ctx, tx, &r.Token)
+	})
+	if err != nil {
+		return fmt.Errorf("register %s: %w", a.ID, err)
+	}
+	return nil
+}
+
+// AgentExists implements broker.AgentDB.
+func (d *DB) AgentExists(ctx context.Context, id string) (bool, error) {
+	var one int
+	err := d.db.QueryRowContext(ctx, `SELECT 1 FROM agents WHERE agent_id = ?`, id).Scan(&one)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("lookup agent: %w", err)
+	}
+	return true, nil
+}
+
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+func saveToken(ctx context.Context, db execer, t *broker.TokenRecord) error {
+	scope, err := sqlq.List(t.Scope)
+	if err != nil {
+		return err
+	}
+	_, err = db.ExecContext(ctx, `INSERT INTO tokens(jti, subject, parent, task_id, orch_id, scope, depth, root, issued_at, expires_at)
+		VALUES (?,?,?,?,?,?,?,?,?,?)`, t.JTI, t.Subject, t.Parent, t.TaskID, t.OrchID, scope, t.Depth, t.Root,
+		t.IssuedAt.Unix(), t.ExpiresAt.Unix())
+	return err
+}
+
+// SaveToken implements broker.AgentDB.
+func (d *DB) SaveToken(ctx context.Context, t *broker.TokenRecord) error {
+	if err := saveToken(ctx, d.db, t); err != nil {
+		return fmt.Errorf("record token: %w", err)
+	}
+	return nil
+}
+
+// Token implements broker.AgentDB.
+func (d *DB) Token(ctx context.Context, jti string) (*broker.TokenRecord, error) {
+	var t broker.TokenRecord
+	var scope string
+	var iat, exp int64
+	err := d.db.QueryRowContext(ctx, `SELECT jti, subject, parent, task_id, orch_id, scope, depth, root, issued_at, expires_at
+		FROM tokens WHERE jti = ?`, jti).Scan(&t.JTI, &t.Subject, &t.Parent, &t.TaskID, &t.OrchID, &scope, &t.Depth, &t.Root, &iat, &exp)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return nil, broker.ErrNotFound
+	case err != nil:
+		return nil, fmt.Errorf("lookup token: %w", err)
+	}
+	t.IssuedAt, t.ExpiresAt = time.Unix(iat, 0).UTC(), time.Unix(exp, 0).UTC()
+	if t.Scope, err = sqlq.ParseList(scope); err != nil {
+		return nil, fmt.Errorf("lookup token: %w", err)
+	}
+	return &t, nil
+}
+
+// PruneTokens implements broker.AgentDB.
+func (d *DB) PruneTokens(ctx context.Context, before time.Time) error {
+	_, err := d.db.ExecContext(ctx, `DELETE FROM tokens WHERE expires_at < ?`, before.Unix())
+	return err
+}
