@@ -1,13 +1,15 @@
 // Package brokertest runs an in-process AgentWrit broker for tests: a
 // fresh database, an HTTP server on a free loopback port, and the helpers
-// tests of every package need (an admin token, a registered agent).
+// tests of every package need (an admin client, a registered agent).
 package brokertest
 
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -33,32 +35,43 @@ var AdminSecretHash = sync.OnceValue(func() string {
 	return string(h)
 })
 
-// OpenStore opens a Store on the database dsn names (a file path, or a
-// postgres:// URL); "" means a fresh SQLite file in t's temp dir. It is
-// closed when t ends.
+// Open opens a Store on the database dsn names: a file path or a
+// postgres:// URL.
+func Open(dsn string) (*broker.Store, error) {
+	db, err := storage.Open(context.Background(), dsn, storage.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("brokertest: open %s: %w", storage.Redact(dsn), err)
+	}
+	s, err := broker.NewStore(context.Background(), db, broker.StoreOptions{})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("brokertest: store: %w", err)
+	}
+	return s, nil
+}
+
+// OpenStore is Open for a test; "" means a fresh SQLite file in t's temp
+// dir. The store is closed when t ends.
 func OpenStore(t testing.TB, dsn string) *broker.Store {
 	t.Helper()
 	if dsn == "" {
 		dsn = filepath.Join(t.TempDir(), "broker.db")
 	}
-	db, err := storage.Open(context.Background(), dsn, storage.Options{})
+	s, err := Open(dsn)
 	if err != nil {
-		t.Fatalf("brokertest: open %s: %v", storage.Redact(dsn), err)
-	}
-	s, err := broker.NewStore(context.Background(), db, broker.StoreOptions{})
-	if err != nil {
-		db.Close()
-		t.Fatalf("brokertest: store: %v", err)
+		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
 }
 
-// Options configure New.
+// Options configure Start.
 type Options struct {
-	// Database is the dsn of OpenStore ("" for a fresh SQLite file).
+	// Database is the dsn of Open; "" means a fresh SQLite file in a
+	// temporary folder removed by Close.
 	Database string
-	// Store, when set, is used instead of opening Database.
+	// Store, when set, is used instead of opening Database (and is not
+	// closed by Close).
 	Store *broker.Store
 	// Config changes the broker's configuration (AdminSecret is preset).
 	Config func(*broker.Config)
@@ -73,16 +86,32 @@ type Server struct {
 	*httptest.Server
 	Broker *broker.Broker
 	Store  *broker.Store
+	closed func()
 }
 
-// New starts a broker on a free loopback port; it stops when t ends. Rate
-// limits key on each request separately, so tests can log in as often as
-// they like.
-func New(t testing.TB, o Options) *Server {
-	t.Helper()
+// Start starts a broker on a free loopback port. Rate limits key on each
+// request separately, so tests can log in as often as they like. Close
+// stops it.
+func Start(o Options) (*Server, error) {
+	cleanup := func() {}
 	store := o.Store
 	if store == nil {
-		store = OpenStore(t, o.Database)
+		dsn := o.Database
+		if dsn == "" {
+			dir, err := os.MkdirTemp("", "brokertest-")
+			if err != nil {
+				return nil, err
+			}
+			dsn = filepath.Join(dir, "broker.db")
+			cleanup = func() { os.RemoveAll(dir) }
+		}
+		s, err := Open(dsn)
+		if err != nil {
+			cleanup()
+			return nil, err
+		}
+		removeDir := cleanup
+		store, cleanup = s, func() { s.Close(); removeDir() }
 	}
 	var seq atomic.Int64
 	cfg := broker.Config{
@@ -94,7 +123,8 @@ func New(t testing.TB, o Options) *Server {
 	}
 	b, err := broker.New(store, cfg)
 	if err != nil {
-		t.Fatalf("brokertest: broker: %v", err)
+		cleanup()
+		return nil, fmt.Errorf("brokertest: broker: %w", err)
 	}
 	var h http.Handler = b
 	if o.Wrap != nil {
@@ -107,6 +137,19 @@ func New(t testing.TB, o Options) *Server {
 	} else {
 		srv.Start()
 	}
-	t.Cleanup(srv.Close)
-	return &Server{Server: srv, Broker: b, Store: store}
+	return &Server{Server: srv, Broker: b, Store: store, closed: sync.OnceFunc(func() { srv.Close(); cleanup() })}, nil
+}
+
+// Close stops the server and closes what Start opened.
+func (s *Server) Close() { s.closed() }
+
+// New is Start for a test: it fails t on error and closes when t ends.
+func New(t testing.TB, o Options) *Server {
+	t.Helper()
+	s, err := Start(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/brokertest"
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker/client"
 )
 
@@ -73,7 +74,9 @@ func TestAdminAuth(t *testing.T) {
 }
 
 func TestAdminAuthRateLimit(t *testing.T) {
-	c := newClient(t, newBroker(t).URL)
+	// The broker's own client-IP key, not brokertest's one per request.
+	b := brokertest.New(t, brokertest.Options{Config: func(c *broker.Config) { c.ClientIP = nil }})
+	c := newClient(t, b.URL)
 	var err error
 	for i := 0; i < 20 && !client.IsStatus(err, http.StatusTooManyRequests); i++ {
 		_, err = c.AdminAuth(context.Background(), "wrong")

@@ -4,73 +4,30 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/brokertest"
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker/client"
 )
 
-const testSecret = "client-test-admin-secret"
-
-// testSecretHash is a low-cost bcrypt of testSecret, so brokers start fast.
-var testSecretHash = sync.OnceValue(func() string {
-	h, err := bcrypt.GenerateFromPassword([]byte(testSecret), bcrypt.MinCost)
-	if err != nil {
-		panic(err)
-	}
-	return string(h)
-})
-
-// testBroker is a real broker over a fresh database, served over HTTP.
-type testBroker struct {
-	URL    string
-	Broker *broker.Broker
-	Close  func()
-}
-
-// startBroker is the only place these tests and examples build a broker,
-// so that a change to the broker's constructors is mended here alone. The
-// database lives in dir.
-func startBroker(dir string) (*testBroker, error) {
-	store, err := broker.Open(context.Background(), filepath.Join(dir, "b.db"))
-	if err != nil {
-		return nil, err
-	}
-	b, err := broker.New(store, broker.Config{AdminSecret: testSecretHash()})
-	if err != nil {
-		store.Close()
-		return nil, err
-	}
-	srv := httptest.NewServer(b)
-	return &testBroker{URL: srv.URL, Broker: b, Close: func() { srv.Close(); store.Close() }}, nil
-}
+const testSecret = brokertest.AdminSecret
 
 // newBroker starts a broker for one test.
-func newBroker(t *testing.T) *testBroker {
+func newBroker(t *testing.T) *brokertest.Server {
 	t.Helper()
-	tb, err := startBroker(t.TempDir())
-	require.NoError(t, err)
-	t.Cleanup(tb.Close)
-	return tb
+	return brokertest.New(t, brokertest.Options{})
 }
 
 // exampleBroker starts a broker for an example, which has no *testing.T.
 func exampleBroker() (url, adminSecret string, stop func()) {
-	dir, err := os.MkdirTemp("", "client-example-")
+	s, err := brokertest.Start(brokertest.Options{})
 	if err != nil {
 		panic(err)
 	}
-	tb, err := startBroker(dir)
-	if err != nil {
-		panic(err)
-	}
-	return tb.URL, testSecret, func() { tb.Close(); os.RemoveAll(dir) }
+	return s.URL, brokertest.AdminSecret, s.Close
 }
 
 // newClient makes a client for url or fails the test.
@@ -83,7 +40,7 @@ func newClient(t *testing.T, url string, opts ...client.Option) *client.Client {
 
 // env is a broker with a client for it and an admin client.
 type env struct {
-	tb    *testBroker
+	tb    *brokertest.Server
 	c     *client.Client
 	admin *client.Client
 }
