@@ -8,6 +8,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/caddy-agentwrit/caddy-agentwrit/caddymodule"
+	_ "github.com/caddy-agentwrit/caddy-agentwrit/caddymodule/cli"
 )
 
 func main() {

@@ -1,25 +1,17 @@
-package caddymodule
+package cli
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"net/http"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/client"
 )
 
 // envLaunchToken is read by `register` when --launch-token is not given.
@@ -27,7 +19,7 @@ const envLaunchToken = "AGENTWRIT_LAUNCH_TOKEN"
 
 // cliHashSecretCommand is `caddy agentwrit hash-secret`, modelled on
 // `caddy hash-password`.
-func cliHashSecretCommand() *cobra.Command {
+func hashSecretCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "hash-secret",
 		Short: "Hashes an admin secret with bcrypt for the admin_secret option",
@@ -46,12 +38,6 @@ command lines are visible to other local users.
 			if err != nil {
 				return err
 			}
-			switch string(secret) {
-			case "":
-				return errors.New("admin secret is required (give it on stdin or at the prompt)")
-			case "change-me-in-production":
-				return errors.New("admin secret must not be the placeholder \"change-me-in-production\"")
-			}
 			hash, err := broker.HashSecret(string(secret))
 			if err != nil {
 				return fmt.Errorf("hash admin secret: %w", err)
@@ -63,7 +49,7 @@ command lines are visible to other local users.
 }
 
 // cliTokenCommand is `caddy agentwrit token` with its `inspect` subcommand.
-func cliTokenCommand() *cobra.Command {
+func tokenCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "token <inspect>",
 		Short: "Works with AgentWrit tokens",
@@ -90,22 +76,18 @@ it out of the process list and shell history.
 	return cmd
 }
 
-// decodeJWT splits a compact JWS and decodes its header and payload without
-// verifying anything.
+// decodeJWT decodes a token's header and payload without verifying
+// anything, for display.
 func decodeJWT(tok string) (header, claims map[string]json.RawMessage, err error) {
-	parts := strings.Split(tok, ".")
-	if len(parts) != 3 {
-		return nil, nil, fmt.Errorf("not a JWT: want 3 dot-separated parts, got %d", len(parts))
+	u, err := broker.ParseUnverified(tok)
+	if err != nil {
+		return nil, nil, fmt.Errorf("not an AgentWrit token: %w", err)
 	}
-	for i, dst := range []*map[string]json.RawMessage{&header, &claims} {
-		name := [...]string{"header", "payload"}[i]
-		raw, err := base64.RawURLEncoding.DecodeString(parts[i])
-		if err != nil {
-			return nil, nil, fmt.Errorf("not a JWT: %s is not base64url: %w", name, err)
-		}
-		if err := json.Unmarshal(raw, dst); err != nil {
-			return nil, nil, fmt.Errorf("not a JWT: %s is not a JSON object: %w", name, err)
-		}
+	if err := json.Unmarshal(u.Header, &header); err != nil {
+		return nil, nil, fmt.Errorf("not an AgentWrit token: header: %w", err)
+	}
+	if err := json.Unmarshal(u.Payload, &claims); err != nil {
+		return nil, nil, fmt.Errorf("not an AgentWrit token: payload: %w", err)
 	}
 	return header, claims, nil
 }
@@ -134,18 +116,17 @@ func runTokenInspect(cmd *cobra.Command, args []string) error {
 	_ = json.Unmarshal(claims["exp"], &exp)
 
 	offline, _ := cmd.Flags().GetBool("offline")
-	var valid struct {
-		Valid bool   `json:"valid"`
-		Error string `json:"error,omitempty"`
-	}
+	var valid broker.ValidateResponse
 	if !offline {
-		c, err := newCLIClient(cmd)
+		c, err := newClient(cmd)
 		if err != nil {
 			return err
 		}
-		if err := c.doBearer(cmd.Context(), http.MethodPost, "/v1/token/validate", nil, "", map[string]string{"token": tok}, &valid); err != nil {
-			return fmt.Errorf("validate token: %w", err)
+		v, err := c.Validate(cmd.Context(), tok)
+		if err != nil {
+			return err
 		}
+		valid = *v
 	}
 
 	out := cmd.OutOrStdout()
@@ -160,7 +141,7 @@ func runTokenInspect(cmd *cobra.Command, args []string) error {
 				res["error"] = valid.Error
 			}
 		}
-		if err := cliWriteJSON(out, res); err != nil {
+		if err := writeJSON(out, res); err != nil {
 			return err
 		}
 	} else {
@@ -251,7 +232,7 @@ func claimText(name string, raw json.RawMessage, now time.Time) string {
 
 // cliRegisterCommand is `caddy agentwrit register`: the agent side of
 // challenge → sign → register, for trying a gateway from a shell.
-func cliRegisterCommand() *cobra.Command {
+func registerCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "register --launch-token <token> --orch-id <id> --task-id <id> --scope <scope>[,<scope>...] [--key-file <pem>]",
 		Short: "Registers an agent with a launch token and prints its access token",
@@ -283,54 +264,6 @@ The launch token may also come from $AGENTWRIT_LAUNCH_TOKEN.
 	return cmd
 }
 
-// agentKey loads the key in path, or generates one and, if path is set,
-// saves it there with mode 0600.
-func agentKey(path string) (ed25519.PrivateKey, error) {
-	if path != "" {
-		data, err := os.ReadFile(path)
-		switch {
-		case err == nil:
-			blk, _ := pem.Decode(data)
-			if blk == nil || blk.Type != "PRIVATE KEY" {
-				return nil, fmt.Errorf("key file %s: want a PEM \"PRIVATE KEY\" block", path)
-			}
-			k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-			if err != nil {
-				return nil, fmt.Errorf("key file %s: %w", path, err)
-			}
-			ek, ok := k.(ed25519.PrivateKey)
-			if !ok {
-				return nil, fmt.Errorf("key file %s: not an Ed25519 key", path)
-			}
-			return ek, nil
-		case !errors.Is(err, fs.ErrNotExist):
-			return nil, fmt.Errorf("key file: %w", err)
-		}
-	}
-	_, key, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate key: %w", err)
-	}
-	if path != "" {
-		der, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			return nil, fmt.Errorf("encode key: %w", err)
-		}
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			return nil, fmt.Errorf("save key: %w", err)
-		}
-		err = pem.Encode(f, &pem.Block{Type: "PRIVATE KEY", Bytes: der})
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return nil, fmt.Errorf("save key %s: %w", path, err)
-		}
-	}
-	return key, nil
-}
-
 func runRegister(cmd *cobra.Command, _ []string) error {
 	lt := stringOrEnv(cmd, "launch-token", envLaunchToken)
 	if lt == "" {
@@ -339,51 +272,29 @@ func runRegister(cmd *cobra.Command, _ []string) error {
 	orch, _ := cmd.Flags().GetString("orch-id")
 	task, _ := cmd.Flags().GetString("task-id")
 	scopes, _ := cmd.Flags().GetStringSlice("scope")
-	keyFile, _ := cmd.Flags().GetString("key-file")
-	key, err := agentKey(keyFile)
+	opts := []client.RegisterOption{client.WithOrchID(orch), client.WithTaskID(task)}
+	if keyFile, _ := cmd.Flags().GetString("key-file"); keyFile != "" {
+		key, err := broker.LoadKeyFile(keyFile)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, client.WithKey(key))
+	}
+	c, err := newClient(cmd)
 	if err != nil {
 		return err
 	}
-	c, err := newCLIClient(cmd)
+	a, err := c.Register(cmd.Context(), lt, splitList(scopes), opts...)
 	if err != nil {
 		return err
 	}
-	var ch struct {
-		Nonce string `json:"nonce"`
-	}
-	if err := c.do(cmd.Context(), http.MethodGet, "/v1/challenge", nil, nil, &ch); err != nil {
-		return fmt.Errorf("get challenge: %w", err)
-	}
-	// AgentWrit signs the nonce's 32 decoded bytes, not its hex text.
-	msg, err := hex.DecodeString(ch.Nonce)
-	if err != nil {
-		return fmt.Errorf("get challenge: nonce %q is not hex", ch.Nonce)
-	}
-	pub := key.Public().(ed25519.PublicKey)
-	req := map[string]any{
-		"launch_token":    lt,
-		"nonce":           ch.Nonce,
-		"public_key":      base64.StdEncoding.EncodeToString(pub),
-		"signature":       base64.StdEncoding.EncodeToString(ed25519.Sign(key, msg)),
-		"orch_id":         orch,
-		"task_id":         task,
-		"requested_scope": splitList(scopes),
-	}
-	var resp struct {
-		AgentID     string `json:"agent_id"`
-		AccessToken string `json:"access_token"`
-		ExpiresIn   int64  `json:"expires_in"`
-	}
-	if err := c.do(cmd.Context(), http.MethodPost, "/v1/register", nil, req, &resp); err != nil {
-		return fmt.Errorf("register: %w", err)
-	}
+	expiresIn := int64(a.ExpiresIn / time.Second)
 	if jsonFlag(cmd) {
-		return cliWriteJSON(cmd.OutOrStdout(), map[string]any{
-			"agent_id": resp.AgentID, "access_token": resp.AccessToken, "expires_in": resp.ExpiresIn,
-			"public_key": base64.StdEncoding.EncodeToString(pub),
+		return writeJSON(cmd.OutOrStdout(), map[string]any{
+			"agent_id": a.ID, "access_token": a.Token, "expires_in": expiresIn, "public_key": client.PublicKey(a.Key),
 		})
 	}
-	fmt.Fprintln(cmd.OutOrStdout(), resp.AccessToken)
-	fmt.Fprintf(cmd.ErrOrStderr(), "agent_id %s (token expires in %ds)\n", resp.AgentID, resp.ExpiresIn)
+	fmt.Fprintln(cmd.OutOrStdout(), a.Token)
+	fmt.Fprintf(cmd.ErrOrStderr(), "agent_id %s (token expires in %ds)\n", a.ID, expiresIn)
 	return nil
 }

@@ -1,4 +1,4 @@
-package caddymodule
+package cli
 
 import (
 	"encoding/json"
@@ -10,14 +10,16 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile" // the caddyfile adapter
 	"github.com/spf13/cobra"
 
+	_ "github.com/caddy-agentwrit/caddy-agentwrit/caddymodule" // the agentwrit directives
 	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
 )
 
 // cliRoutesCommand is `caddy agentwrit routes`: it explains which rule of
 // which agentwrit handler a request meets and what it needs.
-func cliRoutesCommand() *cobra.Command {
+func routesCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "routes [--config <file>] [--adapter <name>] [<METHOD> <path>]",
 		Short: "Explains which agentwrit rule and scopes a request needs",
@@ -287,7 +289,7 @@ func runRoutes(cmd *cobra.Command, args []string) error {
 	}
 	out := cmd.OutOrStdout()
 	if jsonFlag(cmd) {
-		if err := cliWriteJSON(out, xs); err != nil {
+		if err := writeJSON(out, xs); err != nil {
 			return err
 		}
 	} else {

@@ -1,4 +1,4 @@
-package caddymodule
+package cli
 
 import (
 	"bytes"
@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/spf13/cobra"
@@ -24,47 +23,25 @@ import (
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker/brokertest"
 )
 
-const cmdTestSecret = "cmd-test-admin-secret"
+const cmdTestSecret = brokertest.AdminSecret
 
-// cmdTestHash is a cheap bcrypt of cmdTestSecret: brokers in these tests
-// should not pay cost 12 on every admin login.
-var cmdTestHash = func() string {
-	h, err := bcrypt.GenerateFromPassword([]byte(cmdTestSecret), bcrypt.MinCost)
-	if err != nil {
-		panic(err)
-	}
-	return string(h)
-}()
-
-// cmdTestBroker is a broker over a SQLite file, served over real HTTP.
+// cmdTestBroker is a test broker with the database path tests restart on.
 type cmdTestBroker struct {
+	*brokertest.Server
 	t      *testing.T
-	URL    string
 	DBPath string
-	Broker *broker.Broker
-	store  *broker.Store
-	srv    *httptest.Server
 }
 
 // startCmdTestBroker serves a broker over the database at path (created if
-// missing). adminSecret "" means cmdTestHash.
+// missing); adminSecret "" means brokertest's.
 func startCmdTestBroker(t *testing.T, path, adminSecret string) *cmdTestBroker {
 	t.Helper()
-	if adminSecret == "" {
-		adminSecret = cmdTestHash
-	}
-	store := brokertest.OpenStore(t, path)
-	var n atomic.Int64
-	b, err := broker.New(store, broker.Config{
-		AdminSecret: adminSecret,
-		// Every request its own rate-limit key: tests log in often.
-		ClientIP: func(*http.Request) string { return fmt.Sprint(n.Add(1)) },
-	})
-	require.NoError(t, err)
-	srv := httptest.NewServer(b)
-	tb := &cmdTestBroker{t: t, URL: srv.URL, DBPath: path, Broker: b, store: store, srv: srv}
-	t.Cleanup(tb.Stop)
-	return tb
+	s := brokertest.New(t, brokertest.Options{Database: path, Config: func(c *broker.Config) {
+		if adminSecret != "" {
+			c.AdminSecret = adminSecret
+		}
+	}})
+	return &cmdTestBroker{Server: s, t: t, DBPath: path}
 }
 
 func newCmdTestBroker(t *testing.T) *cmdTestBroker {
@@ -72,10 +49,7 @@ func newCmdTestBroker(t *testing.T) *cmdTestBroker {
 }
 
 // Stop shuts the server down and closes the store; it is idempotent.
-func (tb *cmdTestBroker) Stop() {
-	tb.srv.Close()
-	require.NoError(tb.t, tb.store.Close())
-}
+func (tb *cmdTestBroker) Stop() { tb.Close() }
 
 type cmdResult struct {
 	Stdout, Stderr string
@@ -195,7 +169,8 @@ func TestCommandAdminSecretFromEnv(t *testing.T) {
 
 	t.Setenv(envBroker, "ftp://nope")
 	r = runCmd(t, "", "launch-token", "--admin-secret", "x", "--agent-name", "a", "--scope", "read:x:y")
-	require.ErrorContains(t, r.Err, "broker URL")
+	require.ErrorContains(t, r.Err, "--broker")
+	require.ErrorContains(t, r.Err, "scheme must be http or https")
 }
 
 func TestCommandLaunchToken(t *testing.T) {
@@ -336,7 +311,7 @@ func TestCommandAudit(t *testing.T) {
 
 	r = tb.admin("audit", "--event-type", "token_revoked", "--agent-id", "task-9", "--since", "1h", "--limit", "5", "--json")
 	requireOK(t, r)
-	var page auditPage
+	var page broker.AuditPage
 	require.NoError(t, json.Unmarshal([]byte(r.Stdout), &page))
 	require.Len(t, page.Events, 1)
 	require.Equal(t, 1, page.Total)
@@ -353,7 +328,7 @@ func TestCommandAudit(t *testing.T) {
 	r = tb.admin("audit", "--since", "yesterday")
 	require.ErrorContains(t, r.Err, `--since "yesterday"`)
 	r = runCmd(t, "", "audit", "--broker", tb.URL, "--admin-secret", "wrong-secret")
-	require.ErrorContains(t, r.Err, "admin authentication: POST /v1/admin/auth: 401 invalid credentials (error_code unauthorized)")
+	require.ErrorContains(t, r.Err, "admin auth: POST /v1/admin/auth: 401 invalid credentials (error_code unauthorized)")
 	require.NotContains(t, r.Err.Error()+r.Stdout+r.Stderr, "wrong-secret", "secrets are never echoed")
 }
 
@@ -489,9 +464,9 @@ func TestCommandTokenInspect(t *testing.T) {
 	require.Contains(t, r.Stdout, agentID, "the claims are still shown")
 
 	r = runCmd(t, "", "token", "inspect", "--broker", tb.URL, "not-a-jwt")
-	require.ErrorContains(t, r.Err, "not a JWT")
+	require.ErrorContains(t, r.Err, "not an AgentWrit token: invalid token: malformed")
 	r = runCmd(t, "", "token", "inspect", "--offline", "a.b.c")
-	require.ErrorContains(t, r.Err, "not a JWT: header is not")
+	require.ErrorContains(t, r.Err, "not an AgentWrit token: invalid token: malformed: signature")
 }
 
 func TestCommandRegister(t *testing.T) {
@@ -620,5 +595,5 @@ func TestCommandErrorsWithoutProblem(t *testing.T) {
 	}))
 	defer srv.Close()
 	r := runCmd(t, "", "audit", "--broker", srv.URL, "--admin-secret", "x")
-	require.ErrorContains(t, r.Err, "POST /v1/admin/auth: 502 Bad Gateway: upstream down")
+	require.ErrorContains(t, r.Err, `POST /v1/admin/auth: 502 Bad Gateway: "upstream down"`)
 }

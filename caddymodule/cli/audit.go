@@ -1,11 +1,8 @@
-package caddymodule
+package cli
 
 import (
 	"errors"
 	"fmt"
-	"net/http"
-	"net/url"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -14,22 +11,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/client"
 )
-
-// auditPage is the answer of GET /v1/audit/events.
-type auditPage struct {
-	Events []broker.Event `json:"events"`
-	Total  int            `json:"total"`
-	Offset int            `json:"offset"`
-	Limit  int            `json:"limit"`
-}
-
-// auditPageSize is the most events the broker returns per request.
-const auditPageSize = 1000
 
 // cliAuditCommand is `caddy agentwrit audit` (GET /v1/audit/events) and
 // its `verify` subcommand.
-func cliAuditCommand() *cobra.Command {
+func auditCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "audit [--agent-id <id>] [--task-id <id>] [--event-type <type>] [--outcome success|denied] [--since <t>] [--until <t>] [--limit <n>] [--offset <n>]",
 		Short: "Queries the broker's audit trail",
@@ -75,53 +62,49 @@ the head hash down to detect a truncated chain later.
 // auditTime turns --since/--until into RFC 3339. The broker silently
 // ignores a time it cannot parse, which would widen the query unnoticed,
 // so bad input is an error here.
-func auditTime(flag, v string, now time.Time) (string, error) {
+func auditTime(flag, v string, now time.Time) (time.Time, error) {
 	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
-		return t.UTC().Format(time.RFC3339Nano), nil
+		return t, nil
 	}
 	d, err := caddy.ParseDuration(v)
 	if err != nil || d < 0 {
-		return "", fmt.Errorf("--%s %q: want an RFC 3339 time or a duration ago like 90m", flag, v)
+		return time.Time{}, fmt.Errorf("--%s %q: want an RFC 3339 time or a duration ago like 90m", flag, v)
 	}
-	return now.Add(-d).UTC().Format(time.RFC3339Nano), nil
+	return now.Add(-d), nil
 }
 
 func runAuditQuery(cmd *cobra.Command, _ []string) error {
-	q := url.Values{}
-	for _, name := range []string{"agent-id", "task-id", "event-type", "outcome"} {
-		if v, _ := cmd.Flags().GetString(name); v != "" {
-			q.Set(strings.ReplaceAll(name, "-", "_"), v)
-		}
-	}
+	f := cmd.Flags()
+	var q client.AuditQuery
+	q.AgentID, _ = f.GetString("agent-id")
+	q.TaskID, _ = f.GetString("task-id")
+	q.EventType, _ = f.GetString("event-type")
+	q.Outcome, _ = f.GetString("outcome")
 	now := time.Now()
-	for _, name := range []string{"since", "until"} {
-		if v, _ := cmd.Flags().GetString(name); v != "" {
+	for name, dst := range map[string]*time.Time{"since": &q.Since, "until": &q.Until} {
+		if v, _ := f.GetString(name); v != "" {
 			t, err := auditTime(name, v, now)
 			if err != nil {
 				return err
 			}
-			q.Set(name, t)
+			*dst = t
 		}
 	}
-	for _, name := range []string{"limit", "offset"} {
-		v, _ := cmd.Flags().GetInt(name)
-		if v < 0 {
-			return fmt.Errorf("--%s %d: must not be negative", name, v)
-		}
-		if v > 0 {
-			q.Set(name, strconv.Itoa(v))
-		}
+	q.Limit, _ = f.GetInt("limit")
+	q.Offset, _ = f.GetInt("offset")
+	if q.Limit < 0 || q.Offset < 0 {
+		return fmt.Errorf("--limit and --offset must not be negative")
 	}
 	c, err := adminClient(cmd)
 	if err != nil {
 		return err
 	}
-	var page auditPage
-	if err := c.do(cmd.Context(), http.MethodGet, "/v1/audit/events", q, nil, &page); err != nil {
-		return fmt.Errorf("query audit events: %w", err)
+	page, err := c.AuditEvents(cmd.Context(), q)
+	if err != nil {
+		return err
 	}
 	if jsonFlag(cmd) {
-		return cliWriteJSON(cmd.OutOrStdout(), page)
+		return writeJSON(cmd.OutOrStdout(), page)
 	}
 	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tTIME\tEVENT\tOUTCOME\tAGENT\tTASK\tRESOURCE\tDETAIL")
@@ -165,25 +148,18 @@ func runAuditVerify(cmd *cobra.Command, _ []string) error {
 	v := broker.NewChainVerifier()
 	n, head := 0, ""
 	var broken *broker.ChainError
-	for off := 0; broken == nil; off += auditPageSize {
-		var page auditPage
-		q := url.Values{"limit": {strconv.Itoa(auditPageSize)}, "offset": {strconv.Itoa(off)}}
-		if err := c.do(cmd.Context(), http.MethodGet, "/v1/audit/events", q, nil, &page); err != nil {
-			return fmt.Errorf("fetch audit events at offset %d: %w", off, err)
+	for e, err := range c.AllAuditEvents(cmd.Context(), client.AuditQuery{}) {
+		if err != nil {
+			return err
 		}
-		for i := range page.Events {
-			if err := v.Next(&page.Events[i]); err != nil {
-				if !errors.As(err, &broken) {
-					return err
-				}
-				break
+		if err := v.Next(&e); err != nil {
+			if !errors.As(err, &broken) {
+				return err
 			}
-			n++
-			head = page.Events[i].Hash
-		}
-		if len(page.Events) < auditPageSize {
 			break
 		}
+		n++
+		head = e.Hash
 	}
 	if jsonFlag(cmd) {
 		out := map[string]any{"intact": broken == nil, "verified": n}
@@ -192,7 +168,7 @@ func runAuditVerify(cmd *cobra.Command, _ []string) error {
 		} else {
 			out["head_hash"] = head
 		}
-		if err := cliWriteJSON(cmd.OutOrStdout(), out); err != nil {
+		if err := writeJSON(cmd.OutOrStdout(), out); err != nil {
 			return err
 		}
 	}

@@ -1,11 +1,9 @@
-package caddymodule
+package cli
 
 import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"strings"
 	"text/tabwriter"
 
@@ -16,7 +14,7 @@ import (
 
 // cliLaunchTokenCommand is `caddy agentwrit launch-token`:
 // POST /v1/admin/launch-tokens.
-func cliLaunchTokenCommand() *cobra.Command {
+func launchTokenCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "launch-token --agent-name <name> --scope <scope>[,<scope>...] [--max-ttl <d>] [--ttl <d>] [--single-use=true|false]",
 		Short: "Creates a launch token an agent can register with",
@@ -34,33 +32,24 @@ token (the default) registers one agent.
 			name, _ := cmd.Flags().GetString("agent-name")
 			scopes, _ := cmd.Flags().GetStringSlice("scope")
 			singleUse, _ := cmd.Flags().GetBool("single-use")
-			req := map[string]any{"agent_name": name, "allowed_scope": splitList(scopes), "single_use": singleUse}
-			for flag, field := range map[string]string{"max-ttl": "max_ttl", "ttl": "ttl"} {
-				n, ok, err := secondsFlag(cmd, flag)
-				if err != nil {
-					return err
-				}
-				if ok {
-					req[field] = n
-				}
+			req := broker.LaunchTokenRequest{AgentName: name, AllowedScope: splitList(scopes), SingleUse: &singleUse}
+			var err error
+			if req.MaxTTL, _, err = secondsFlag(cmd, "max-ttl"); err != nil {
+				return err
+			}
+			if req.TTL, _, err = secondsFlag(cmd, "ttl"); err != nil {
+				return err
 			}
 			c, err := adminClient(cmd)
 			if err != nil {
 				return err
 			}
-			var resp struct {
-				LaunchToken string `json:"launch_token"`
-				ExpiresAt   string `json:"expires_at"`
-				Policy      struct {
-					AllowedScope []string `json:"allowed_scope"`
-					MaxTTL       int64    `json:"max_ttl"`
-				} `json:"policy"`
-			}
-			if err := c.do(cmd.Context(), http.MethodPost, "/v1/admin/launch-tokens", nil, req, &resp); err != nil {
-				return fmt.Errorf("create launch token: %w", err)
+			resp, err := c.CreateLaunchToken(cmd.Context(), req)
+			if err != nil {
+				return err
 			}
 			if jsonFlag(cmd) {
-				return cliWriteJSON(cmd.OutOrStdout(), resp)
+				return writeJSON(cmd.OutOrStdout(), resp)
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), resp.LaunchToken)
 			fmt.Fprintf(cmd.ErrOrStderr(), "launch token for %q expires at %s; scopes %s; agent tokens live %ds; single use: %t\n",
@@ -81,7 +70,7 @@ token (the default) registers one agent.
 }
 
 // cliAppCommand is `caddy agentwrit app`: the /v1/admin/apps routes.
-func cliAppCommand() *cobra.Command {
+func appCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "app <register|list|show|update|remove>",
 		Short: "Manages the applications registered with the broker",
@@ -100,29 +89,26 @@ keeps only its hash.
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			name, _ := cmd.Flags().GetString("name")
 			scopes, _ := cmd.Flags().GetStringSlice("scope")
-			req := map[string]any{"name": name, "scopes": splitList(scopes)}
+			req := broker.AppRequest{Name: name, Scopes: splitList(scopes)}
 			ttl, ok, err := secondsFlag(cmd, "token-ttl")
 			if err != nil {
 				return err
 			}
 			if ok {
-				req["token_ttl"] = ttl
+				req.TokenTTL = &ttl
 			}
 			c, err := adminClient(cmd)
 			if err != nil {
 				return err
 			}
-			var resp struct {
-				broker.App
-				ClientSecret string `json:"client_secret"`
-			}
-			if err := c.do(cmd.Context(), http.MethodPost, "/v1/admin/apps", nil, req, &resp); err != nil {
-				return fmt.Errorf("register app: %w", err)
+			resp, err := c.CreateApp(cmd.Context(), req)
+			if err != nil {
+				return err
 			}
 			// Upstream answers with empty name and status; fill them in for
 			// people, not for --json (which is the broker's answer as is).
 			if jsonFlag(cmd) {
-				return cliWriteJSON(cmd.OutOrStdout(), map[string]any{
+				return writeJSON(cmd.OutOrStdout(), map[string]any{
 					"app_id": resp.AppID, "name": resp.Name, "client_id": resp.ClientID, "client_secret": resp.ClientSecret,
 					"scopes": resp.Scopes, "token_ttl": resp.TokenTTL, "status": resp.Status,
 				})
@@ -157,15 +143,12 @@ keeps only its hash.
 			if err != nil {
 				return err
 			}
-			var resp struct {
-				Apps  []broker.App `json:"apps"`
-				Total int          `json:"total"`
-			}
-			if err := c.do(cmd.Context(), http.MethodGet, "/v1/admin/apps", nil, nil, &resp); err != nil {
-				return fmt.Errorf("list apps: %w", err)
+			resp, err := c.ListApps(cmd.Context())
+			if err != nil {
+				return err
 			}
 			if jsonFlag(cmd) {
-				return cliWriteJSON(cmd.OutOrStdout(), resp)
+				return writeJSON(cmd.OutOrStdout(), resp)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "APP ID\tNAME\tCLIENT ID\tSTATUS\tTOKEN TTL\tSCOPES\tCREATED")
@@ -187,11 +170,11 @@ keeps only its hash.
 			if err != nil {
 				return err
 			}
-			var app broker.App
-			if err := c.do(cmd.Context(), http.MethodGet, "/v1/admin/apps/"+url.PathEscape(args[0]), nil, nil, &app); err != nil {
-				return fmt.Errorf("show app %s: %w", args[0], err)
+			app, err := c.GetApp(cmd.Context(), args[0])
+			if err != nil {
+				return err
 			}
-			return printApp(cmd, &app)
+			return printApp(cmd, app)
 		},
 	}
 	addJSONFlag(show)
@@ -201,29 +184,28 @@ keeps only its hash.
 		Short: "Changes an app's scope ceiling or token lifetime",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := map[string]any{}
-			if scopes, _ := cmd.Flags().GetStringSlice("scope"); len(splitList(scopes)) > 0 {
-				req["scopes"] = splitList(scopes)
-			}
+			var req broker.AppRequest
+			scopes, _ := cmd.Flags().GetStringSlice("scope")
+			req.Scopes = splitList(scopes)
 			ttl, ok, err := secondsFlag(cmd, "token-ttl")
 			if err != nil {
 				return err
 			}
 			if ok {
-				req["token_ttl"] = ttl
+				req.TokenTTL = &ttl
 			}
-			if len(req) == 0 {
+			if req.Scopes == nil && req.TokenTTL == nil {
 				return errors.New("nothing to update: give --scope and/or --token-ttl")
 			}
 			c, err := adminClient(cmd)
 			if err != nil {
 				return err
 			}
-			var app broker.App
-			if err := c.do(cmd.Context(), http.MethodPut, "/v1/admin/apps/"+url.PathEscape(args[0]), nil, req, &app); err != nil {
-				return fmt.Errorf("update app %s: %w", args[0], err)
+			app, err := c.UpdateApp(cmd.Context(), args[0], req)
+			if err != nil {
+				return err
 			}
-			return printApp(cmd, &app)
+			return printApp(cmd, app)
 		},
 	}
 	update.Flags().StringSlice("scope", nil, "New scope ceiling, replacing the old one (repeatable, comma lists)")
@@ -239,16 +221,12 @@ keeps only its hash.
 			if err != nil {
 				return err
 			}
-			var resp struct {
-				AppID          string `json:"app_id"`
-				Status         string `json:"status"`
-				DeregisteredAt string `json:"deregistered_at"`
-			}
-			if err := c.do(cmd.Context(), http.MethodDelete, "/v1/admin/apps/"+url.PathEscape(args[0]), nil, nil, &resp); err != nil {
-				return fmt.Errorf("remove app %s: %w", args[0], err)
+			resp, err := c.DeleteApp(cmd.Context(), args[0])
+			if err != nil {
+				return err
 			}
 			if jsonFlag(cmd) {
-				return cliWriteJSON(cmd.OutOrStdout(), resp)
+				return writeJSON(cmd.OutOrStdout(), resp)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "app %s deregistered at %s (status %s)\n", resp.AppID, resp.DeregisteredAt, resp.Status)
 			return nil
@@ -263,7 +241,7 @@ keeps only its hash.
 // printApp prints an app as "field: value" lines, or JSON with --json.
 func printApp(cmd *cobra.Command, a *broker.App) error {
 	if jsonFlag(cmd) {
-		return cliWriteJSON(cmd.OutOrStdout(), a)
+		return writeJSON(cmd.OutOrStdout(), a)
 	}
 	return writeFields(cmd.OutOrStdout(), [][2]string{
 		{"app_id", a.AppID}, {"name", a.Name}, {"client_id", a.ClientID}, {"status", a.Status},
@@ -282,7 +260,7 @@ func writeFields(w io.Writer, fields [][2]string) error {
 }
 
 // cliRevokeCommand is `caddy agentwrit revoke`: POST /v1/revoke.
-func cliRevokeCommand() *cobra.Command {
+func revokeCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "revoke --level <token|agent|task|chain> --target <target>",
 		Short: "Revokes tokens by jti, agent, task or delegation chain",
@@ -301,17 +279,12 @@ Revokes (POST /v1/revoke) at one level; revocations are permanent:
 			if err != nil {
 				return err
 			}
-			var resp struct {
-				Revoked bool   `json:"revoked"`
-				Level   string `json:"level"`
-				Target  string `json:"target"`
-				Count   int    `json:"count"`
-			}
-			if err := c.do(cmd.Context(), http.MethodPost, "/v1/revoke", nil, map[string]string{"level": level, "target": target}, &resp); err != nil {
-				return fmt.Errorf("revoke: %w", err)
+			resp, err := c.Revoke(cmd.Context(), level, target)
+			if err != nil {
+				return err
 			}
 			if jsonFlag(cmd) {
-				return cliWriteJSON(cmd.OutOrStdout(), resp)
+				return writeJSON(cmd.OutOrStdout(), resp)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "revoked level=%s target=%s\n", resp.Level, resp.Target)
 			return nil

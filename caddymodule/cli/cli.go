@@ -1,15 +1,18 @@
-package caddymodule
+// Package cli is the `caddy agentwrit` command: it operates an AgentWrit
+// broker (the embedded one served by agentwrit_broker, or any
+// AgentWrit-compatible broker) through its HTTP API, with the Go client of
+// package broker/client, and explains the agentwrit route rules of a
+// configuration. Importing it registers the command with Caddy.
+package cli
 
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
 	"strconv"
@@ -21,7 +24,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/client"
 )
 
 // Environment variables the `caddy agentwrit` commands read when the
@@ -65,14 +68,14 @@ func setupAgentwritCommand(cmd *cobra.Command) {
 	pf.String("admin-secret", "", "Admin secret ($"+envAdminSecret+"; prompted for on a terminal if unset)")
 	pf.Duration("timeout", 30*time.Second, "Timeout of each request to the broker")
 	cmd.AddCommand(
-		cliHashSecretCommand(),
-		cliLaunchTokenCommand(),
-		cliAppCommand(),
-		cliRevokeCommand(),
-		cliAuditCommand(),
-		cliTokenCommand(),
-		cliRegisterCommand(),
-		cliRoutesCommand(),
+		hashSecretCommand(),
+		launchTokenCommand(),
+		appCommand(),
+		revokeCommand(),
+		auditCommand(),
+		tokenCommand(),
+		registerCommand(),
+		routesCommand(),
 	)
 	silenceUsage(cmd)
 }
@@ -98,7 +101,7 @@ func jsonFlag(cmd *cobra.Command) bool {
 }
 
 // cliWriteJSON prints v indented, for --json output.
-func cliWriteJSON(w io.Writer, v any) error {
+func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
@@ -120,145 +123,29 @@ func stringOrEnv(cmd *cobra.Command, flag, env string) string {
 	return f.Value.String()
 }
 
-// cliClient is a small client for the AgentWrit HTTP API.
-type cliClient struct {
-	base  *url.URL
-	http  *http.Client
-	token string // admin Bearer token, once authenticated
-}
-
-// newCLIClient builds a client for the broker named by --broker or
-// $AGENTWRIT_BROKER.
-func newCLIClient(cmd *cobra.Command) (*cliClient, error) {
-	raw := strings.TrimRight(stringOrEnv(cmd, "broker", envBroker), "/")
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("broker URL %q: want http(s)://host[:port][/prefix]", raw)
-	}
+// newClient builds a client for the broker named by --broker or
+// $AGENTWRIT_BROKER, with the --timeout of each request.
+func newClient(cmd *cobra.Command) (*client.Client, error) {
+	base := strings.TrimRight(stringOrEnv(cmd, "broker", envBroker), "/")
 	timeout, _ := cmd.Flags().GetDuration("timeout")
-	return &cliClient{base: u, http: &http.Client{Timeout: timeout}}, nil
-}
-
-// cliAPIError is a non-2xx answer from the broker.
-type cliAPIError struct {
-	Method, Path string
-	Status       int
-	Problem      *broker.Problem // nil if the body was not problem+json
-	Body         string          // the start of a non-problem body
-}
-
-func (e *cliAPIError) Error() string {
-	if p := e.Problem; p != nil {
-		msg := fmt.Sprintf("%s %s: %d %s", e.Method, e.Path, e.Status, p.Detail)
-		if p.ErrorCode != "" {
-			msg += " (error_code " + p.ErrorCode + ")"
-		}
-		if p.RequestID != "" {
-			msg += " [request_id " + p.RequestID + "]"
-		}
-		return msg
-	}
-	msg := fmt.Sprintf("%s %s: %d %s", e.Method, e.Path, e.Status, http.StatusText(e.Status))
-	if e.Body != "" {
-		msg += ": " + e.Body
-	}
-	return msg
-}
-
-// do sends in (if non-nil) as JSON, checks the status and decodes the
-// answer into out (if non-nil). The admin token, if any, goes along as
-// Bearer.
-func (c *cliClient) do(ctx context.Context, method, path string, query url.Values, in, out any) error {
-	return c.doBearer(ctx, method, path, query, c.token, in, out)
-}
-
-// doBearer is do with an explicit Bearer token ("" for none).
-func (c *cliClient) doBearer(ctx context.Context, method, path string, query url.Values, bearer string, in, out any) error {
-	u := *c.base
-	u.Path = strings.TrimRight(u.Path, "/") + path
-	u.RawQuery = query.Encode()
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("%s %s: encode request: %w", method, path, err)
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	c, err := client.New(base, client.WithHTTPClient(&http.Client{Timeout: timeout}))
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return nil, fmt.Errorf("--broker: %w", err)
 	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set("Accept", "application/json, application/problem+json")
-	if bearer != "" {
-		req.Header.Set("Authorization", "Bearer "+bearer)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		// The *url.Error names the URL, which holds no secret (they travel
-		// in bodies and headers only).
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("%s %s: read response: %w", method, path, err)
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		e := &cliAPIError{Method: method, Path: path, Status: resp.StatusCode}
-		var p broker.Problem
-		if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/problem+json") && json.Unmarshal(data, &p) == nil {
-			e.Problem = &p
-		} else {
-			e.Body = strings.TrimSpace(string(data))
-			if len(e.Body) > 200 {
-				e.Body = e.Body[:200] + "…"
-			}
-		}
-		return e
-	}
-	if out == nil || resp.StatusCode == http.StatusNoContent {
-		return nil
-	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("%s %s: decode response: %w", method, path, err)
-	}
-	return nil
-}
-
-// authenticate exchanges the admin secret for an admin token
-// (POST /v1/admin/auth).
-func (c *cliClient) authenticate(cmd *cobra.Command) error {
-	secret, err := adminSecret(cmd)
-	if err != nil {
-		return err
-	}
-	var resp struct {
-		AccessToken string `json:"access_token"`
-	}
-	if err := c.doBearer(cmd.Context(), http.MethodPost, "/v1/admin/auth", nil, "", map[string]string{"secret": secret}, &resp); err != nil {
-		return fmt.Errorf("admin authentication: %w", err)
-	}
-	if resp.AccessToken == "" {
-		return errors.New("admin authentication: broker returned no access_token")
-	}
-	c.token = resp.AccessToken
-	return nil
+	return c, nil
 }
 
 // adminClient returns a client already authenticated as admin.
-func adminClient(cmd *cobra.Command) (*cliClient, error) {
-	c, err := newCLIClient(cmd)
+func adminClient(cmd *cobra.Command) (*client.Client, error) {
+	c, err := newClient(cmd)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.authenticate(cmd); err != nil {
+	secret, err := adminSecret(cmd)
+	if err != nil {
 		return nil, err
 	}
-	return c, nil
+	return c.LoginAdmin(cmd.Context(), secret)
 }
 
 // adminSecret returns the admin secret from --admin-secret or
