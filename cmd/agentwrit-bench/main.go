@@ -17,7 +17,6 @@ import (
 	"flag"
 	"fmt"
 	"log"
-	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -127,9 +126,12 @@ func start(ctx context.Context, ps *procs, o options) (*setup, error) {
 		return nil, err
 	}
 	needRemote := o.soak > 0 || strings.Contains(o.configs, "remote")
-	hc := &http.Client{Timeout: 30 * time.Second}
-	s.embeddedBroker = &brokerClient{url: "http://127.0.0.1:" + eBrokerPort, secret: adminSecret, http: hc}
-	s.remoteBroker = &brokerClient{url: "http://127.0.0.1:" + brPort, secret: adminSecret, http: hc}
+	if s.embeddedBroker, err = newBrokerClient("http://127.0.0.1:"+eBrokerPort, adminSecret); err != nil {
+		return nil, err
+	}
+	if s.remoteBroker, err = newBrokerClient("http://127.0.0.1:"+brPort, adminSecret); err != nil {
+		return nil, err
+	}
 	scope := []string{"read:orders:*"}
 	toks := func(as []agent) []string {
 		out := make([]string, len(as))

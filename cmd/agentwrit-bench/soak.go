@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/client"
 )
 
 // soakPool is the tokens the soak's workers use: live ones, and dead ones
@@ -92,7 +94,7 @@ func soak(ctx context.Context, ps *procs, s *setup, o options) error {
 	mkPool := func(toks []string) *soakPool {
 		p := &soakPool{revoked: map[string]time.Time{}}
 		for _, t := range toks {
-			p.live = append(p.live, agent{Token: t})
+			p.live = append(p.live, agent{Token: t, JTI: claimsOf(t).Jti})
 		}
 		return p
 	}
@@ -183,9 +185,9 @@ func soak(ctx context.Context, ps *procs, s *setup, o options) error {
 				if i%2 == 0 {
 					err = g.broker.release(ctx, a.Token)
 				} else {
-					var admin string
+					var admin *client.Client
 					if admin, err = g.broker.admin(ctx); err == nil {
-						err = g.broker.revoke(ctx, admin, jtiOf(a.Token))
+						err = g.broker.revoke(ctx, admin, a.JTI)
 					}
 				}
 				if err != nil {
