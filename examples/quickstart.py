@@ -2,7 +2,8 @@ import base64, os, requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-BROKER, GATEWAY = "http://localhost:8080", "http://localhost:8081"
+BROKER = os.environ.get("AGENTWRIT_BROKER", "http://localhost:8080")
+GATEWAY = os.environ.get("AGENTWRIT_GATEWAY", "http://localhost:8081")
 
 # Operator: admin token → launch token allowing read:orders:*
 admin = requests.post(f"{BROKER}/v1/admin/auth", json={"secret": os.environ["AGENTWRIT_ADMIN_SECRET"]}).json()["access_token"]

@@ -10,10 +10,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -59,11 +62,53 @@ func waitHealthy(t *testing.T, url string, out *bytes.Buffer) {
 	t.Fatalf("%s never became healthy; output:\n%s", url, out.String())
 }
 
+// exampleOnFreePorts writes examples/Caddyfile with its three ports and
+// Caddy's admin endpoint moved to free loopback ports, so the tests run
+// while a quick start holds the real ones. It returns the config's path
+// and the broker, gateway and backend ports that replace 8080, 8081 and
+// 9001.
+func exampleOnFreePorts(t *testing.T) (path string, ports map[string]string) {
+	t.Helper()
+	src, err := os.ReadFile("../../examples/Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := string(src)
+	ports = map[string]string{}
+	for _, p := range []string{"8080", "8081", "9001"} {
+		ports[p] = freePort(t)
+		cfg = strings.ReplaceAll(cfg, ":"+p, ":"+ports[p])
+	}
+	open := regexp.MustCompile(`(?m)^\{$`).FindStringIndex(cfg)
+	if open == nil {
+		t.Fatal("examples/Caddyfile has no global options block")
+	}
+	cfg = cfg[:open[1]] + "\n\tadmin 127.0.0.1:" + freePort(t) + cfg[open[1]:]
+	path = filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, ports
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+}
+
 // TestExampleCaddyfile runs the README's quick start: the example config
 // with only AGENTWRIT_ADMIN_SECRET set, then the Go client of the README.
 func TestExampleCaddyfile(t *testing.T) {
 	var out bytes.Buffer
-	cmd := product(t, []string{"AGENTWRIT_ADMIN_SECRET=quickstart-secret"}, "run", "--config", "../../examples/Caddyfile")
+	config, ports := exampleOnFreePorts(t)
+	brokerURL, gatewayURL := "http://localhost:"+ports["8080"], "http://localhost:"+ports["8081"]
+	cmd := product(t, []string{"AGENTWRIT_ADMIN_SECRET=quickstart-secret"}, "run", "--config", config)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -78,16 +123,16 @@ func TestExampleCaddyfile(t *testing.T) {
 			_ = cmd.Process.Kill()
 		}
 	})
-	waitHealthy(t, "http://127.0.0.1:8080/v1/health", &out)
+	waitHealthy(t, brokerURL+"/v1/health", &out)
 
-	token, body, status, err := quickstart("http://localhost:8080", "http://localhost:8081", "quickstart-secret")
+	token, body, status, err := quickstart(brokerURL, gatewayURL, "quickstart-secret")
 	if err != nil {
 		t.Fatalf("quick start: %v\n%s", err, out.String())
 	}
 	if status != http.StatusOK || !strings.Contains(body, "spiffe://agentwrit.local/agent/demo-orch/demo-task/") {
 		t.Fatalf("GET /orders/42 = %d %q", status, body)
 	}
-	resp, err := http.Get("http://localhost:8081/orders/42")
+	resp, err := http.Get(gatewayURL + "/orders/42")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +142,9 @@ func TestExampleCaddyfile(t *testing.T) {
 	}
 	// The README's curl lines, run as written.
 	if _, err := exec.LookPath("curl"); err == nil {
-		sh := exec.Command("bash", "-euo", "pipefail", "-c", readmeBlock(t, "<!-- curl-quickstart -->"))
+		lines := readmeBlock(t, "<!-- curl-quickstart -->")
+		lines = strings.NewReplacer("localhost:8080", "localhost:"+ports["8080"], "localhost:8081", "localhost:"+ports["8081"]).Replace(lines)
+		sh := exec.Command("bash", "-euo", "pipefail", "-c", lines)
 		sh.Env = append(os.Environ(), "TOKEN="+token)
 		got, err := sh.CombinedOutput()
 		if err != nil {
@@ -113,7 +160,8 @@ func TestExampleCaddyfile(t *testing.T) {
 	}
 	if python, err := exec.LookPath("python3"); err == nil && exec.Command(python, "-c", "import requests, cryptography").Run() == nil {
 		py := exec.Command(python, "../../examples/quickstart.py")
-		py.Env = append(os.Environ(), "AGENTWRIT_ADMIN_SECRET=quickstart-secret")
+		py.Env = append(os.Environ(), "AGENTWRIT_ADMIN_SECRET=quickstart-secret",
+			"AGENTWRIT_BROKER="+brokerURL, "AGENTWRIT_GATEWAY="+gatewayURL)
 		got, err := py.CombinedOutput()
 		if err != nil || !strings.Contains(string(got), "hello spiffe://") || !strings.Contains(string(got), "403") {
 			t.Fatalf("python quick start: %v\n%s", err, got)
@@ -125,7 +173,8 @@ func TestExampleCaddyfile(t *testing.T) {
 
 // TestMissingAdminSecret: no default secret, ever; the load error says why.
 func TestMissingAdminSecret(t *testing.T) {
-	cmd := product(t, []string{"AGENTWRIT_ADMIN_SECRET="}, "run", "--config", "../../examples/Caddyfile")
+	config, _ := exampleOnFreePorts(t)
+	cmd := product(t, []string{"AGENTWRIT_ADMIN_SECRET="}, "run", "--config", config)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd = exec.CommandContext(ctx, cmd.Path, cmd.Args[1:]...)
