@@ -168,6 +168,8 @@ func FuzzCanonical(f *testing.F) {
 	for _, p := range []string{
 		"/", "/a/b", "//", "/a/", "/./a", "/a/..", "/%2e%2E", "/.%2e/x", "/a%2Fb", "/a%5cb",
 		"/a\\b", "/a%00", "/a\x00", "/a%", "/a%g0", "/caf%C3%A9", "/%252e%252e", "/a;b=c", "", "a",
+		"/static/..;/orders/43", "/static/%2e%2e;/orders/43", "/.;x", "/%2e%2E;jsessionid=1", "/.%2e%3bfoo",
+		"/..%3B", "/a;b", "/..a;b", "/...;", "/;", "/..%253B",
 	} {
 		f.Add(p)
 	}
@@ -192,6 +194,18 @@ func FuzzCanonical(f *testing.F) {
 		if uerr != nil || strings.ContainsAny(d, "\\\x00") || strings.ContainsFunc(d, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 			t.Fatalf("canonical %q decodes to %q (%v)", p, d, uerr)
 		}
+		// No segment is a dot segment once a matrix parameter is removed,
+		// whether the ';' is raw or encoded and whether the dots are.
+		for _, seg := range strings.Split(p[1:], "/") {
+			raw, _, _ := strings.Cut(seg, ";")
+			dec, _ := url.PathUnescape(seg)
+			dec, _, _ = strings.Cut(dec, ";")
+			for _, s := range []string{raw, dec} {
+				if s == "." || s == ".." {
+					t.Fatalf("canonical %q has the dot segment %q (from %q)", p, s, seg)
+				}
+			}
+		}
 	})
 }
 
@@ -205,7 +219,9 @@ func refCanonical(p string) bool {
 	}
 	for _, seg := range strings.Split(p[1:], "/") {
 		d, err := url.PathUnescape(seg)
-		if seg == "" || err != nil || d == "." || d == ".." || strings.ContainsAny(seg+d, "/\\") {
+		// A servlet container strips ";parameters" before resolving dots.
+		base, _, _ := strings.Cut(d, ";")
+		if seg == "" || err != nil || base == "." || base == ".." || strings.ContainsAny(seg+d, "/\\") {
 			return false
 		}
 		for i := 0; i < len(seg+d); i++ {

@@ -128,6 +128,10 @@ func TestLookupRemainder(t *testing.T) {
 		// not canonical: never matched.
 		{"GET", "/reports/", "", nil, ErrNotCanonical},
 		{"GET", "/reports/../admin", "", nil, ErrNotCanonical},
+		// nor when a matrix parameter hides the dots from a naive check.
+		{"GET", "/reports/..;/admin", "", nil, ErrNotCanonical},
+		{"OPTIONS", "/x/%2e%2e;jsessionid=1/y", "", nil, ErrNotCanonical},
+		{"GET", "/reports/..a;b", lines[0], []string{"read:reports:*"}, nil},
 	})
 }
 
@@ -321,6 +325,7 @@ func TestCompileInvalid(t *testing.T) {
 		{"rest in template", Rule{Methods: []string{"GET"}, Pattern: "/a/{x...}", Scopes: []string{"a:b:{x...}"}}, "without '...'"},
 		{"space in template", Rule{Methods: []string{"GET"}, Pattern: "/a", Scopes: []string{"a:b:c d"}}, "contains"},
 		{"bad placeholder", Rule{Methods: []string{"GET"}, Pattern: "/a", Scopes: []string{"a:b:{.x}"}}, "malformed placeholder"},
+		{"matrix dot literal", Rule{Methods: []string{"GET"}, Pattern: "/static/..;/a", Scopes: []string{"a:b:c"}}, "dot segment"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
