@@ -1,6 +1,9 @@
 package scopemap
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // CheckCanonical returns nil if rawPath is canonical, else an error wrapping
 // ErrNotCanonical that says what is wrong and where.
@@ -126,16 +129,21 @@ func unhex(c byte) (byte, bool) {
 
 // appendUnescaped appends the percent-decoded form of s to dst. s must have
 // valid percent-encoding (it has passed CheckCanonical or pattern parsing).
+// It is the package's one decoding loop: matching, pattern parsing and
+// template expansion all decode through it.
 func appendUnescaped(dst []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c == '%' {
-			if b, ok := decodePct(s, i); ok {
-				c = b
-				i += 2
-			}
+	for {
+		i := strings.IndexByte(s, '%')
+		if i < 0 {
+			return append(dst, s...)
 		}
-		dst = append(dst, c)
+		dst = append(dst, s[:i]...)
+		if b, ok := decodePct(s, i); ok {
+			dst = append(dst, b)
+			s = s[i+3:]
+		} else {
+			dst = append(dst, '%')
+			s = s[i+1:]
+		}
 	}
-	return dst
 }

@@ -348,15 +348,25 @@ func (c *compiled) expand(path string, vals []span, resolve Resolver) ([]string,
 }
 
 // writeUnescaped writes the percent-decoded form of the canonical s to b.
+// It decodes with appendUnescaped into a stack buffer, a chunk at a time,
+// so that there is one decoding loop and a long value costs no allocation.
 func writeUnescaped(b *strings.Builder, s string) {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c == '%' {
-			if d, ok := decodePct(s, i); ok {
-				c = d
-				i += 2
+	if strings.IndexByte(s, '%') < 0 {
+		b.WriteString(s)
+		return
+	}
+	var buf [64]byte
+	for s != "" {
+		n := len(s)
+		if n > len(buf) {
+			n = len(buf)
+			// Do not cut an escape in two: end the chunk before a '%'
+			// among its last two bytes.
+			if i := strings.LastIndexByte(s[n-2:n], '%'); i >= 0 {
+				n -= 2 - i
 			}
 		}
-		b.WriteByte(c)
+		b.Write(appendUnescaped(buf[:0], s[:n]))
+		s = s[n:]
 	}
 }

@@ -1,6 +1,7 @@
 package scopemap
 
 import (
+	"net/url"
 	"strings"
 	"testing"
 
@@ -457,6 +458,29 @@ func TestLookupLongEncodedLiteral(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, found)
 	assert.Equal(t, []string{"r:long:x"}, match.Required)
+}
+
+// Values are decoded a chunk at a time; an escape at any offset, in
+// particular across a chunk boundary, decodes whole, and a long value costs
+// no more allocations than a short one.
+func TestLookupLongEncodedValue(t *testing.T) {
+	m, err := Compile(mustRules(t, "require GET /v/{rest...} r:v:{rest}"))
+	require.NoError(t, err)
+	for n := 0; n < 200; n++ {
+		raw := strings.Repeat("a", n) + "%2B%2b" + strings.Repeat("/b%7E", n%7)
+		match, found, err := m.Lookup("GET", "/v/"+raw, nil)
+		require.NoError(t, err)
+		require.True(t, found)
+		want, err := url.PathUnescape(raw)
+		require.NoError(t, err)
+		assert.Equal(t, []string{"r:v:" + want}, match.Required, n)
+	}
+	// A bad byte past the first chunk is still found.
+	_, _, err = m.Lookup("GET", "/v/"+strings.Repeat("a", 100)+"%3A", nil)
+	assert.ErrorIs(t, err, ErrBadValue)
+
+	long := "/v/" + strings.Repeat("x%41", 100) + "/" + strings.Repeat("y%42/", 100) + "z"
+	assert.LessOrEqual(t, testing.AllocsPerRun(100, func() { _, _, _ = m.Lookup("GET", long, nil) }), 2.0)
 }
 
 func TestStaticRequiredAllocatesNothing(t *testing.T) {
