@@ -2,6 +2,7 @@ package scopemap
 
 import (
 	"errors"
+	"fmt"
 	"net/url"
 	"path"
 	"reflect"
@@ -61,9 +62,14 @@ func FuzzMatch(f *testing.F) {
 	f.Add("", "GET", "/files", "h")
 	f.Add("", "GET", "/files/x/y%3Az", "h")
 	f.Add("", "GET", "/caf%c3%a9/%E2%82%AC", "")
+	f.Add("", "GET", "/caf%c3%a9/x%20y", "")
+	f.Add("", "GET", "/q/%22", "")
 	f.Add("", "POST", "/transfer/a%00/b", "")
 	f.Add("", "GET", "/%FF", "")
 	f.Add("", "DELETE", "/", "")
+	f.Add("", "GET", "/orders/..;", "")
+	f.Add("", "GET", "/files/a/%2e%2E%3Bjsessionid=1/b", "h")
+	f.Add("", "PUT", "/a/b/c", "caf\u00e9")
 	f.Add("require GET /x/{a}/{b...} r:{a}:{b}\npublic * /x/y", "GET", "/x/y/z/w", "")
 	f.Add("require * /{a}/{b} r:x:{a}{b}{http.x.v}", "PUT", "/p/q", "a:b")
 	f.Fuzz(func(t *testing.T, rulesText, method, rawPath, ph string) {
@@ -74,43 +80,44 @@ func FuzzMatch(f *testing.F) {
 			}
 			return "", false
 		}
-		match, found, err := m.Lookup(method, rawPath, resolve)
+		d := m.Decide(method, rawPath, resolve)
+		if match, found, err := m.Lookup(method, rawPath, resolve); found != (d.Rule != nil) || match.Rule != d.Rule ||
+			!reflect.DeepEqual(match.Required, d.Required) || fmt.Sprint(err) != fmt.Sprint(d.Err) || match.Public != (d.Outcome == Public) {
+			t.Fatalf("Lookup disagrees with Decide: %+v %v %v, %+v", match, found, err, d)
+		}
 		if CheckCanonical(rawPath) != nil {
-			if !errors.Is(err, ErrNotCanonical) || found || match.Rule != nil {
-				t.Fatalf("non-canonical %q: found=%v err=%v", rawPath, found, err)
+			if d.Outcome != NotCanonical || !errors.Is(d.Err, ErrNotCanonical) || d.Rule != nil || d.Required != nil {
+				t.Fatalf("non-canonical %q: %+v", rawPath, d)
 			}
 			return
 		}
 		idx, vals := refLookup(rules, method, rawPath)
 		if idx < 0 {
-			if found || err != nil || match.Rule != nil {
-				t.Fatalf("%s %q: reference finds no rule, Lookup found=%v rule=%v err=%v", method, rawPath, found, match.Rule, err)
+			if !reflect.DeepEqual(d, Decision{Outcome: Unmapped}) {
+				t.Fatalf("%s %q: reference finds no rule, Decide says %+v", method, rawPath, d)
 			}
 			return
 		}
-		if !found || match.Rule == nil || !reflect.DeepEqual(*match.Rule, rules[idx]) {
-			t.Fatalf("%s %q: want rule `%s`, got found=%v rule=%v err=%v", method, rawPath, rules[idx], found, match.Rule, err)
-		}
-		if match.Public != rules[idx].Public {
-			t.Fatalf("Public = %v for `%s`", match.Public, rules[idx])
+		if d.Rule == nil || !reflect.DeepEqual(*d.Rule, rules[idx]) {
+			t.Fatalf("%s %q: want rule `%s`, got %+v", method, rawPath, rules[idx], d)
 		}
 		if rules[idx].Public {
-			if match.Required != nil || err != nil {
-				t.Fatalf("public rule: Required=%q err=%v", match.Required, err)
+			if d.Outcome != Public || d.Required != nil || d.Err != nil {
+				t.Fatalf("public rule: %+v", d)
 			}
 			return
 		}
 		want, good := refExpand(rules[idx].Scopes, vals, resolve)
 		if !good {
-			if !errors.Is(err, ErrBadValue) || match.Required != nil {
-				t.Fatalf("%s %q: want ErrBadValue (values %q, ph %q), got Required=%q err=%v", method, rawPath, vals, ph, match.Required, err)
+			if d.Outcome != BadValue || !errors.Is(d.Err, ErrBadValue) || d.Required != nil {
+				t.Fatalf("%s %q: want BadValue (values %q, ph %q), got %+v", method, rawPath, vals, ph, d)
 			}
 			return
 		}
-		if err != nil || !reflect.DeepEqual(match.Required, want) {
-			t.Fatalf("%s %q via `%s`: Required=%q err=%v, want %q", method, rawPath, rules[idx], match.Required, err, want)
+		if d.Outcome != Require || d.Err != nil || !reflect.DeepEqual(d.Required, want) {
+			t.Fatalf("%s %q via `%s`: %+v, want Required %q", method, rawPath, rules[idx], d, want)
 		}
-		for _, s := range match.Required {
+		for _, s := range d.Required {
 			if !Valid(s) {
 				t.Fatalf("required scope %q is not valid", s)
 			}
@@ -158,9 +165,14 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("template %q accepted but %q is not a valid scope", s, x)
 			}
 		}
-		// Lookups on the pattern itself (a canonical path when the pattern
-		// has no variables) never panic.
-		_, _, _ = m.Lookup(r.Methods[0], r.Pattern, func(string) (string, bool) { return "v", true })
+		// Decisions on the pattern itself (a canonical path when the
+		// pattern has no variables) never panic, and a static one requires
+		// exactly the templates.
+		d := m.Decide(r.Methods[0], r.Pattern, func(string) (string, bool) { return "v", true })
+		if d.Outcome == Require && !strings.Contains(r.Pattern, "{") && !strings.Contains(strings.Join(r.Scopes, ""), "{") &&
+			!reflect.DeepEqual(d.Required, r.Scopes) {
+			t.Fatalf("`%s` on its own pattern: %+v", r, d)
+		}
 	})
 }
 

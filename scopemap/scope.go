@@ -6,11 +6,11 @@
 //
 // A rule is `require METHODS PATTERN SCOPE...` or `public METHODS PATTERN`
 // (ParseRule, or the Rule struct as JSON). Compile validates a rule set and
-// builds a Map; Map.Lookup picks the most specific rule for a request and
-// expands its scope templates. Request paths must pass CheckCanonical first:
-// matching works on canonical escaped paths only, comparing literal segments
-// with the percent-decoded segment so every spelling of a name that a
-// backend decodes alike selects the same rule.
+// builds a Map; Map.Decide checks that a request path is canonical, picks
+// the most specific rule and expands its scope templates, and says what the
+// caller must do with the request. Matching works on canonical escaped paths
+// only, comparing literal segments with the percent-decoded segment so every
+// spelling of a name that a backend decodes alike selects the same rule.
 package scopemap
 
 import "strings"
