@@ -96,3 +96,12 @@ func BenchmarkCovers(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkCheckScope(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := CheckScope("read:orders:caf%C3%A9-12345"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -61,3 +61,14 @@ func ExampleCompile() {
 	// GET /static/..;/orders/43 -> not_canonical
 	// true true
 }
+
+func ExampleCheckScope() {
+	for _, s := range []string{"read:orders:42", "read:orders:a:b", "read:my orders:1", "read:café:1"} {
+		fmt.Println(scopemap.CheckScope(s))
+	}
+	// Output:
+	// <nil>
+	// invalid scope "read:orders:a:b": byte 13 is a third ':'; an identifier cannot contain ':'
+	// invalid scope "read:my orders:1": byte 7 is a space
+	// invalid scope "read:café:1": byte 8 is non-ASCII byte 0xc3
+}

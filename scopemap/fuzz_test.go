@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 )
 
 // fuzzBaseRules cover every segment kind, method form and template form, so
@@ -24,7 +26,8 @@ var fuzzBaseRules = []string{
 	"require HEAD /a/b/{y} h:b:{y}",
 	"require * /a/{x}/{y} any:{x}:{y}-{http.x.v}",
 	"require GET /files/{rest...} read:files:{rest} read:host:{http.x.host}",
-	"require GET /caf%C3%A9/{id} read:cafe:{id}:{id}",
+	"require GET /caf%C3%A9/{id} read:cafe:{id}-{id}",
+	"require GET /q/{id} q!#$%&'()*+,-./;<=>?@[]^_`|~:x:{id}",
 	"require GET /{seg} read:top:{seg}",
 	"require DELETE / del:root:x",
 }
@@ -118,8 +121,8 @@ func FuzzMatch(f *testing.F) {
 			t.Fatalf("%s %q via `%s`: %+v, want Required %q", method, rawPath, rules[idx], d, want)
 		}
 		for _, s := range d.Required {
-			if !Valid(s) {
-				t.Fatalf("required scope %q is not valid", s)
+			if !Valid(s) || !refScopeRE.MatchString(s) {
+				t.Fatalf("required scope %q is not in the grammar", s)
 			}
 		}
 	})
@@ -161,7 +164,7 @@ func FuzzParse(f *testing.F) {
 		}
 		// Every template is a valid scope for any good values.
 		for _, s := range r.Scopes {
-			if x := refVarRE.ReplaceAllString(s, "x"); !Valid(x) {
+			if x := refVarRE.ReplaceAllString(s, "x"); !refScopeRE.MatchString(x) {
 				t.Fatalf("template %q accepted but %q is not a valid scope", s, x)
 			}
 		}
@@ -243,4 +246,60 @@ func refCanonical(p string) bool {
 		}
 	}
 	return true
+}
+
+func FuzzScopeGrammar(f *testing.F) {
+	for _, s := range []string{
+		"read:orders:42", "*:*:*", "read:orders:*", "read:data:a:b", "read:orders:", "::", "",
+		"read:my orders:1", "read:café:1", "read:a:\x00", "read:a:\x7f", `read:"a":1`, `read:a\b:1`,
+		"read:a:b\n", "read:a:\u00a0", "read:a:\u2028", "read:a:\xff", "!:~:{}", "read:orders:4*",
+	} {
+		f.Add(s, "read:orders:*")
+	}
+	f.Fuzz(func(t *testing.T, s, g string) {
+		err := CheckScope(s)
+		ok := refScopeRE.MatchString(s)
+		if (err == nil) != ok {
+			t.Fatalf("CheckScope(%q) = %v, reference says valid=%v", s, err, ok)
+		}
+		if err != nil && (!errors.Is(err, ErrInvalidScope) || !strings.HasPrefix(err.Error(), "invalid scope "+quoteTrunc(s)+": ")) {
+			t.Fatalf("CheckScope(%q) = %v: does not wrap ErrInvalidScope or does not quote the scope", s, err)
+		}
+		if Valid(s) != ok || (CheckScopes([]string{"a:b:c", s}) == nil) != ok {
+			t.Fatalf("Valid or CheckScopes disagrees with CheckScope on %q", s)
+		}
+		sc, parsed := ParseScope(s)
+		if parsed != ok {
+			t.Fatalf("ParseScope(%q) ok=%v, CheckScope says %v", s, parsed, err)
+		}
+		if !parsed && sc != (Scope{}) {
+			t.Fatalf("ParseScope(%q) = %+v with ok=false", s, sc)
+		}
+		if parsed {
+			if parts := strings.Split(s, ":"); len(parts) != 3 || sc != (Scope{parts[0], parts[1], parts[2]}) {
+				t.Fatalf("ParseScope(%q) = %+v", s, sc)
+			}
+			for i := 0; i < len(s); i++ {
+				if c := s[i]; c <= ' ' || c >= 0x7f {
+					t.Fatalf("accepted %q has byte %#x at %d", s, c, i)
+				}
+			}
+			if strings.ContainsFunc(s, unicode.IsSpace) || strings.ContainsFunc(s, unicode.IsControl) || !utf8.ValidString(s) {
+				t.Fatalf("accepted %q has whitespace, a control character or invalid UTF-8", s)
+			}
+		}
+		// Coverage: never through a scope outside the grammar; a scope
+		// covers itself iff it is one.
+		for _, pair := range [][2]string{{g, s}, {s, g}, {s, s}} {
+			if got, want := Covers([]string{pair[0]}, pair[1]), refCovers(pair[0], pair[1]); got != want {
+				t.Fatalf("Covers([%q], %q) = %v, reference says %v", pair[0], pair[1], got, want)
+			}
+		}
+		if Subset([]string{s}, []string{s}) != ok {
+			t.Fatalf("Subset of %q in itself = %v, want %v", s, !ok, ok)
+		}
+		if parsed && !Covers([]string{sc.Action + ":" + sc.Resource + ":" + Wildcard}, s) {
+			t.Fatalf("the wildcard of %q does not cover it", s)
+		}
+	})
 }
