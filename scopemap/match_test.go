@@ -2,7 +2,9 @@ package scopemap
 
 import (
 	"net/url"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -575,4 +577,31 @@ func TestLookupWrapsDecide(t *testing.T) {
 			assert.NoError(t, err, tc.path)
 		}
 	}
+}
+
+// A Map is shared by every request: concurrent decisions, including ones
+// that return the shared static slice, must not race (run with -race).
+func TestDecideConcurrent(t *testing.T) {
+	m, err := Compile(benchRules(100))
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				id := strconv.Itoa(g*1000 + i)
+				d := m.Decide("GET", "/svc3/orders/"+id, nil)
+				if d.Outcome != Require || d.Required[0] != "read:orders:"+id || d.Required[1] != "read:svc3:"+id {
+					t.Errorf("templated: %+v", d)
+					return
+				}
+				if d := m.Decide("PUT", "/svc4/reports/"+id, nil); d.Outcome != Require || d.Required[0] != "read:reports:*" {
+					t.Errorf("static: %+v", d)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
