@@ -2,6 +2,7 @@ package scopemap
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -25,10 +26,10 @@ func benchRules(n int) []Rule {
 	return rules
 }
 
-// BenchmarkLookup measures match + expand of a two-scope templated rule. The
-// cost depends on path depth, not on the number of rules: compare
-// rules=1000 with rules=10.
-func BenchmarkLookup(b *testing.B) {
+// BenchmarkDecide measures the whole route decision (canonical check, match
+// and expansion) for a two-scope templated rule. The cost depends on path
+// depth, not on the number of rules: compare rules=1000 with rules=10.
+func BenchmarkDecide(b *testing.B) {
 	for _, n := range []int{10, 100, 1000} {
 		m, err := Compile(benchRules(n))
 		if err != nil {
@@ -38,26 +39,41 @@ func BenchmarkLookup(b *testing.B) {
 		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				match, found, err := m.Lookup("GET", path, nil)
-				if !found || err != nil || len(match.Required) != 2 {
-					b.Fatal(match, found, err)
+				if d := m.Decide("GET", path, nil); d.Outcome != Require || len(d.Required) != 2 {
+					b.Fatal(d)
 				}
 			}
 		})
 	}
 }
 
-// BenchmarkLookupStatic measures a hit on a rule without variables in its
+// BenchmarkDecideStatic measures a hit on a rule without variables in its
 // templates: no allocations.
-func BenchmarkLookupStatic(b *testing.B) {
+func BenchmarkDecideStatic(b *testing.B) {
 	m, err := Compile(benchRules(1000))
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, found, err := m.Lookup("DELETE", "/svc100/reports/2024/q1", nil); !found || err != nil {
-			b.Fatal(found, err)
+		if d := m.Decide("DELETE", "/svc100/reports/2024/q1", nil); d.Outcome != Require {
+			b.Fatal(d)
+		}
+	}
+}
+
+// BenchmarkDecideEncoded is BenchmarkDecide with a percent-encoded value
+// longer than the decoding buffer.
+func BenchmarkDecideEncoded(b *testing.B) {
+	m, err := Compile(benchRules(1000))
+	if err != nil {
+		b.Fatal(err)
+	}
+	path := "/svc100/orders/" + strings.Repeat("%7E1234567", 10)
+	b.ReportAllocs()
+	for b.Loop() {
+		if d := m.Decide("GET", path, nil); d.Outcome != Require {
+			b.Fatal(d)
 		}
 	}
 }
@@ -77,6 +93,15 @@ func BenchmarkCovers(b *testing.B) {
 	for b.Loop() {
 		if !Covers(granted, "read:reports:q1") {
 			b.Fatal("not covered")
+		}
+	}
+}
+
+func BenchmarkCheckScope(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := CheckScope("read:orders:caf%C3%A9-12345"); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

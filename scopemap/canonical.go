@@ -1,6 +1,9 @@
 package scopemap
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // CheckCanonical returns nil if rawPath is canonical, else an error wrapping
 // ErrNotCanonical that says what is wrong and where.
@@ -11,7 +14,11 @@ import "fmt"
 //   - starts with '/'; "/" itself is canonical;
 //   - has no empty segments: no "//" and no trailing '/' (so path.Clean
 //     leaves every canonical path unchanged);
-//   - has no dot segments, raw or encoded ("." "..", "%2e", ".%2E", ...);
+//   - has no dot segments, raw or encoded ("." "..", "%2e", ".%2E", ...),
+//     also not with a matrix parameter after them ("..;x", ".;",
+//     "%2e%2e%3Bjsessionid=1"): servlet containers such as Tomcat drop a
+//     segment's ";..." before resolving dot segments, so "/static/..;/admin"
+//     reaches them as "/admin";
 //   - has no encoded separators (%2F %2f %5C %5c) and no raw '\', which some
 //     backends treat as a separator;
 //   - has no control bytes (0x00-0x1F, 0x7F), raw or percent-encoded;
@@ -69,14 +76,14 @@ func notCanonical(reason string, off int) error {
 // isControl reports whether b is an ASCII control byte.
 func isControl(b byte) bool { return b < 0x20 || b == 0x7f }
 
-// isDotSegment reports whether the escaped segment decodes to "." or "..".
-// Backends decode before resolving dot segments, so "%2e%2E" counts too.
+// isDotSegment reports whether the escaped segment is "." or ".." once
+// decoded and stripped of any matrix parameter (the first ';', raw or
+// "%3B", and all after it). Backends decode before resolving dot segments,
+// so "%2e%2E" counts too, and "..;x" or ".%2e%3bx" count because servlet
+// containers strip the parameter first. "a;b" and "..a;b" are names.
 func isDotSegment(seg string) bool {
-	if len(seg) > len("%2e%2e") {
-		return false
-	}
-	n := 0
-	for i := 0; i < len(seg); i++ {
+	dots := 0
+	for i := 0; i < len(seg) && dots <= 2; i++ {
 		c := seg[i]
 		if c == '%' {
 			b, ok := decodePct(seg, i)
@@ -86,12 +93,16 @@ func isDotSegment(seg string) bool {
 			c = b
 			i += 2
 		}
-		if c != '.' {
+		switch c {
+		case '.':
+			dots++
+		case ';':
+			return dots == 1 || dots == 2
+		default:
 			return false
 		}
-		n++
 	}
-	return n == 1 || n == 2
+	return dots == 1 || dots == 2
 }
 
 // decodePct decodes the escape "%XX" starting at s[i] (s[i] == '%').
@@ -118,16 +129,21 @@ func unhex(c byte) (byte, bool) {
 
 // appendUnescaped appends the percent-decoded form of s to dst. s must have
 // valid percent-encoding (it has passed CheckCanonical or pattern parsing).
+// It is the package's one decoding loop: matching, pattern parsing and
+// template expansion all decode through it.
 func appendUnescaped(dst []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c == '%' {
-			if b, ok := decodePct(s, i); ok {
-				c = b
-				i += 2
-			}
+	for {
+		i := strings.IndexByte(s, '%')
+		if i < 0 {
+			return append(dst, s...)
 		}
-		dst = append(dst, c)
+		dst = append(dst, s[:i]...)
+		if b, ok := decodePct(s, i); ok {
+			dst = append(dst, b)
+			s = s[i+3:]
+		} else {
+			dst = append(dst, '%')
+			s = s[i+1:]
+		}
 	}
-	return dst
 }

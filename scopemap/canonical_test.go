@@ -18,6 +18,17 @@ func TestCheckCanonical(t *testing.T) {
 		{"/caf%C3%A9/%25/a%20b/%3A", true}, // other encodings are left to the backend
 		{"/a:b@c!$&'()*+,;=", true},
 		{"/%2e%2e%2e", true}, // "..." is a name, not a dot segment
+		// matrix parameters: only a dot segment before the ';' is one.
+		{"/a;b", true},
+		{"/..a;b", true},
+		{"/.a;b", true},
+		{"/a.;b", true},
+		{"/...;x", true},
+		{"/;", true},
+		{"/;..", true},
+		{"/%3B..", true},
+		{"/x/..%253B", true}, // "%3B" after decoding once is no ';'
+		{"/static/%2e%2e%2e;/orders/43", true},
 
 		{"", false},
 		{"a/b", false},
@@ -35,6 +46,21 @@ func TestCheckCanonical(t *testing.T) {
 		{"/%2E%2E/b", false},
 		{"/.%2e/b", false},
 		{"/a/%2e./b", false},
+		// dot segments hidden behind a matrix parameter, which servlet
+		// containers strip before resolving dots.
+		{"/static/..;/orders/43", false},
+		{"/static/%2e%2e;/orders/43", false},
+		{"/.;x", false},
+		{"/..;", false},
+		{"/.;", false},
+		{"/a/..;/b", false},
+		{"/a/..;a=b;c=d", false},
+		{"/%2e%2E;jsessionid=1", false},
+		{"/.%2e%3bfoo", false},
+		{"/..%3B", false},
+		{"/..%3b/x", false},
+		{"/%2E%3B", false},
+		{"/.;..", false},
 		{"/a%2Fb", false},
 		{"/a%2fb", false},
 		{"/a%5Cb", false},
@@ -62,4 +88,9 @@ func TestCheckCanonical(t *testing.T) {
 			assert.ErrorIs(t, err, ErrNotCanonical, "%q", tc.path)
 		}
 	}
+}
+
+func TestCheckCanonicalMessage(t *testing.T) {
+	assert.EqualError(t, CheckCanonical("/static/..;/orders/43"), "path is not canonical: dot segment at byte 8")
+	assert.EqualError(t, CheckCanonical("/a/%2e%2e%3Bx"), "path is not canonical: dot segment at byte 3")
 }

@@ -11,10 +11,16 @@ var (
 	ErrNotCanonical = errors.New("path is not canonical")
 
 	// ErrBadValue means a rule matched but a path value or placeholder
-	// would make a required scope malformed (empty, ':', control
-	// characters, invalid UTF-8). The request must be denied (403): a bad
-	// value never widens a scope and never falls through to another rule.
+	// cannot form a valid scope: it is empty or has a byte that is not a
+	// scope-char (':', whitespace, a control byte, non-ASCII, '"' or '\').
+	// The request must be denied (403): a bad value never widens a scope
+	// and never falls through to another rule.
 	ErrBadValue = errors.New("value would make a required scope malformed")
+
+	// ErrInvalidScope means a string is not a scope under the package's
+	// grammar (see the package documentation). Returned by CheckScope and
+	// CheckScopes; the message quotes the scope and names the byte.
+	ErrInvalidScope = errors.New("invalid scope")
 
 	// ErrInvalidRule means a rule is malformed: bad keyword, methods,
 	// pattern or scope template. Returned by ParseRule and Compile.

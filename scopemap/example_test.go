@@ -1,7 +1,6 @@
 package scopemap_test
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 
@@ -37,17 +36,14 @@ func ExampleCompile() {
 		{"GET", "/healthz"},
 		{"GET", "/orders/a%3Ab"},
 		{"GET", "/nowhere"},
+		{"GET", "/static/..;/orders/43"},
 	} {
-		match, found, err := m.Lookup(req.method, req.path, nil)
-		switch {
-		case errors.Is(err, scopemap.ErrBadValue):
-			fmt.Println(req.method, req.path, "-> deny (bad value)")
-		case !found:
-			fmt.Println(req.method, req.path, "-> unmapped")
-		case match.Public:
-			fmt.Println(req.method, req.path, "-> public")
+		d := m.Decide(req.method, req.path, nil)
+		switch d.Outcome {
+		case scopemap.Require:
+			fmt.Println(req.method, req.path, "->", d.Outcome, d.Required)
 		default:
-			fmt.Println(req.method, req.path, "->", match.Required)
+			fmt.Println(req.method, req.path, "->", d.Outcome)
 		}
 	}
 
@@ -55,12 +51,24 @@ func ExampleCompile() {
 	fmt.Println(scopemap.Covers(granted, "read:orders:42"), scopemap.Covers(granted, "read:reports:q1"))
 
 	// Output:
-	// GET /orders/42 -> [read:orders:42]
-	// HEAD /orders/42 -> [read:orders:42]
-	// POST /transfer/alice/bob -> [read:acct:alice write:acct:bob]
-	// DELETE /reports/2024/q1 -> [read:reports:*]
+	// GET /orders/42 -> require [read:orders:42]
+	// HEAD /orders/42 -> require [read:orders:42]
+	// POST /transfer/alice/bob -> require [read:acct:alice write:acct:bob]
+	// DELETE /reports/2024/q1 -> require [read:reports:*]
 	// GET /healthz -> public
-	// GET /orders/a%3Ab -> deny (bad value)
+	// GET /orders/a%3Ab -> bad_value
 	// GET /nowhere -> unmapped
+	// GET /static/..;/orders/43 -> not_canonical
 	// true true
+}
+
+func ExampleCheckScope() {
+	for _, s := range []string{"read:orders:42", "read:orders:a:b", "read:my orders:1", "read:café:1"} {
+		fmt.Println(scopemap.CheckScope(s))
+	}
+	// Output:
+	// <nil>
+	// invalid scope "read:orders:a:b": byte 13 is a third ':'; an identifier cannot contain ':'
+	// invalid scope "read:my orders:1": byte 7 is a space
+	// invalid scope "read:café:1": byte 8 is non-ASCII byte 0xc3
 }

@@ -2,11 +2,14 @@ package scopemap
 
 import (
 	"errors"
+	"fmt"
 	"net/url"
 	"path"
 	"reflect"
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 )
 
 // fuzzBaseRules cover every segment kind, method form and template form, so
@@ -23,7 +26,8 @@ var fuzzBaseRules = []string{
 	"require HEAD /a/b/{y} h:b:{y}",
 	"require * /a/{x}/{y} any:{x}:{y}-{http.x.v}",
 	"require GET /files/{rest...} read:files:{rest} read:host:{http.x.host}",
-	"require GET /caf%C3%A9/{id} read:cafe:{id}:{id}",
+	"require GET /caf%C3%A9/{id} read:cafe:{id}-{id}",
+	"require GET /q/{id} q!#$%&'()*+,-./;<=>?@[]^_`|~:x:{id}",
 	"require GET /{seg} read:top:{seg}",
 	"require DELETE / del:root:x",
 }
@@ -61,9 +65,14 @@ func FuzzMatch(f *testing.F) {
 	f.Add("", "GET", "/files", "h")
 	f.Add("", "GET", "/files/x/y%3Az", "h")
 	f.Add("", "GET", "/caf%c3%a9/%E2%82%AC", "")
+	f.Add("", "GET", "/caf%c3%a9/x%20y", "")
+	f.Add("", "GET", "/q/%22", "")
 	f.Add("", "POST", "/transfer/a%00/b", "")
 	f.Add("", "GET", "/%FF", "")
 	f.Add("", "DELETE", "/", "")
+	f.Add("", "GET", "/orders/..;", "")
+	f.Add("", "GET", "/files/a/%2e%2E%3Bjsessionid=1/b", "h")
+	f.Add("", "PUT", "/a/b/c", "caf\u00e9")
 	f.Add("require GET /x/{a}/{b...} r:{a}:{b}\npublic * /x/y", "GET", "/x/y/z/w", "")
 	f.Add("require * /{a}/{b} r:x:{a}{b}{http.x.v}", "PUT", "/p/q", "a:b")
 	f.Fuzz(func(t *testing.T, rulesText, method, rawPath, ph string) {
@@ -74,45 +83,46 @@ func FuzzMatch(f *testing.F) {
 			}
 			return "", false
 		}
-		match, found, err := m.Lookup(method, rawPath, resolve)
+		d := m.Decide(method, rawPath, resolve)
+		if match, found, err := m.Lookup(method, rawPath, resolve); found != (d.Rule != nil) || match.Rule != d.Rule ||
+			!reflect.DeepEqual(match.Required, d.Required) || fmt.Sprint(err) != fmt.Sprint(d.Err) || match.Public != (d.Outcome == Public) {
+			t.Fatalf("Lookup disagrees with Decide: %+v %v %v, %+v", match, found, err, d)
+		}
 		if CheckCanonical(rawPath) != nil {
-			if !errors.Is(err, ErrNotCanonical) || found || match.Rule != nil {
-				t.Fatalf("non-canonical %q: found=%v err=%v", rawPath, found, err)
+			if d.Outcome != NotCanonical || !errors.Is(d.Err, ErrNotCanonical) || d.Rule != nil || d.Required != nil {
+				t.Fatalf("non-canonical %q: %+v", rawPath, d)
 			}
 			return
 		}
 		idx, vals := refLookup(rules, method, rawPath)
 		if idx < 0 {
-			if found || err != nil || match.Rule != nil {
-				t.Fatalf("%s %q: reference finds no rule, Lookup found=%v rule=%v err=%v", method, rawPath, found, match.Rule, err)
+			if !reflect.DeepEqual(d, Decision{Outcome: Unmapped}) {
+				t.Fatalf("%s %q: reference finds no rule, Decide says %+v", method, rawPath, d)
 			}
 			return
 		}
-		if !found || match.Rule == nil || !reflect.DeepEqual(*match.Rule, rules[idx]) {
-			t.Fatalf("%s %q: want rule `%s`, got found=%v rule=%v err=%v", method, rawPath, rules[idx], found, match.Rule, err)
-		}
-		if match.Public != rules[idx].Public {
-			t.Fatalf("Public = %v for `%s`", match.Public, rules[idx])
+		if d.Rule == nil || !reflect.DeepEqual(*d.Rule, rules[idx]) {
+			t.Fatalf("%s %q: want rule `%s`, got %+v", method, rawPath, rules[idx], d)
 		}
 		if rules[idx].Public {
-			if match.Required != nil || err != nil {
-				t.Fatalf("public rule: Required=%q err=%v", match.Required, err)
+			if d.Outcome != Public || d.Required != nil || d.Err != nil {
+				t.Fatalf("public rule: %+v", d)
 			}
 			return
 		}
 		want, good := refExpand(rules[idx].Scopes, vals, resolve)
 		if !good {
-			if !errors.Is(err, ErrBadValue) || match.Required != nil {
-				t.Fatalf("%s %q: want ErrBadValue (values %q, ph %q), got Required=%q err=%v", method, rawPath, vals, ph, match.Required, err)
+			if d.Outcome != BadValue || !errors.Is(d.Err, ErrBadValue) || d.Required != nil {
+				t.Fatalf("%s %q: want BadValue (values %q, ph %q), got %+v", method, rawPath, vals, ph, d)
 			}
 			return
 		}
-		if err != nil || !reflect.DeepEqual(match.Required, want) {
-			t.Fatalf("%s %q via `%s`: Required=%q err=%v, want %q", method, rawPath, rules[idx], match.Required, err, want)
+		if d.Outcome != Require || d.Err != nil || !reflect.DeepEqual(d.Required, want) {
+			t.Fatalf("%s %q via `%s`: %+v, want Required %q", method, rawPath, rules[idx], d, want)
 		}
-		for _, s := range match.Required {
-			if !Valid(s) {
-				t.Fatalf("required scope %q is not valid", s)
+		for _, s := range d.Required {
+			if !Valid(s) || !refScopeRE.MatchString(s) {
+				t.Fatalf("required scope %q is not in the grammar", s)
 			}
 		}
 	})
@@ -154,13 +164,18 @@ func FuzzParse(f *testing.F) {
 		}
 		// Every template is a valid scope for any good values.
 		for _, s := range r.Scopes {
-			if x := refVarRE.ReplaceAllString(s, "x"); !Valid(x) {
+			if x := refVarRE.ReplaceAllString(s, "x"); !refScopeRE.MatchString(x) {
 				t.Fatalf("template %q accepted but %q is not a valid scope", s, x)
 			}
 		}
-		// Lookups on the pattern itself (a canonical path when the pattern
-		// has no variables) never panic.
-		_, _, _ = m.Lookup(r.Methods[0], r.Pattern, func(string) (string, bool) { return "v", true })
+		// Decisions on the pattern itself (a canonical path when the
+		// pattern has no variables) never panic, and a static one requires
+		// exactly the templates.
+		d := m.Decide(r.Methods[0], r.Pattern, func(string) (string, bool) { return "v", true })
+		if d.Outcome == Require && !strings.Contains(r.Pattern, "{") && !strings.Contains(strings.Join(r.Scopes, ""), "{") &&
+			!reflect.DeepEqual(d.Required, r.Scopes) {
+			t.Fatalf("`%s` on its own pattern: %+v", r, d)
+		}
 	})
 }
 
@@ -168,6 +183,8 @@ func FuzzCanonical(f *testing.F) {
 	for _, p := range []string{
 		"/", "/a/b", "//", "/a/", "/./a", "/a/..", "/%2e%2E", "/.%2e/x", "/a%2Fb", "/a%5cb",
 		"/a\\b", "/a%00", "/a\x00", "/a%", "/a%g0", "/caf%C3%A9", "/%252e%252e", "/a;b=c", "", "a",
+		"/static/..;/orders/43", "/static/%2e%2e;/orders/43", "/.;x", "/%2e%2E;jsessionid=1", "/.%2e%3bfoo",
+		"/..%3B", "/a;b", "/..a;b", "/...;", "/;", "/..%253B",
 	} {
 		f.Add(p)
 	}
@@ -192,6 +209,18 @@ func FuzzCanonical(f *testing.F) {
 		if uerr != nil || strings.ContainsAny(d, "\\\x00") || strings.ContainsFunc(d, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 			t.Fatalf("canonical %q decodes to %q (%v)", p, d, uerr)
 		}
+		// No segment is a dot segment once a matrix parameter is removed,
+		// whether the ';' is raw or encoded and whether the dots are.
+		for _, seg := range strings.Split(p[1:], "/") {
+			raw, _, _ := strings.Cut(seg, ";")
+			dec, _ := url.PathUnescape(seg)
+			dec, _, _ = strings.Cut(dec, ";")
+			for _, s := range []string{raw, dec} {
+				if s == "." || s == ".." {
+					t.Fatalf("canonical %q has the dot segment %q (from %q)", p, s, seg)
+				}
+			}
+		}
 	})
 }
 
@@ -205,7 +234,9 @@ func refCanonical(p string) bool {
 	}
 	for _, seg := range strings.Split(p[1:], "/") {
 		d, err := url.PathUnescape(seg)
-		if seg == "" || err != nil || d == "." || d == ".." || strings.ContainsAny(seg+d, "/\\") {
+		// A servlet container strips ";parameters" before resolving dots.
+		base, _, _ := strings.Cut(d, ";")
+		if seg == "" || err != nil || base == "." || base == ".." || strings.ContainsAny(seg+d, "/\\") {
 			return false
 		}
 		for i := 0; i < len(seg+d); i++ {
@@ -215,4 +246,60 @@ func refCanonical(p string) bool {
 		}
 	}
 	return true
+}
+
+func FuzzScopeGrammar(f *testing.F) {
+	for _, s := range []string{
+		"read:orders:42", "*:*:*", "read:orders:*", "read:data:a:b", "read:orders:", "::", "",
+		"read:my orders:1", "read:café:1", "read:a:\x00", "read:a:\x7f", `read:"a":1`, `read:a\b:1`,
+		"read:a:b\n", "read:a:\u00a0", "read:a:\u2028", "read:a:\xff", "!:~:{}", "read:orders:4*",
+	} {
+		f.Add(s, "read:orders:*")
+	}
+	f.Fuzz(func(t *testing.T, s, g string) {
+		err := CheckScope(s)
+		ok := refScopeRE.MatchString(s)
+		if (err == nil) != ok {
+			t.Fatalf("CheckScope(%q) = %v, reference says valid=%v", s, err, ok)
+		}
+		if err != nil && (!errors.Is(err, ErrInvalidScope) || !strings.HasPrefix(err.Error(), "invalid scope "+quoteTrunc(s)+": ")) {
+			t.Fatalf("CheckScope(%q) = %v: does not wrap ErrInvalidScope or does not quote the scope", s, err)
+		}
+		if Valid(s) != ok || (CheckScopes([]string{"a:b:c", s}) == nil) != ok {
+			t.Fatalf("Valid or CheckScopes disagrees with CheckScope on %q", s)
+		}
+		sc, parsed := ParseScope(s)
+		if parsed != ok {
+			t.Fatalf("ParseScope(%q) ok=%v, CheckScope says %v", s, parsed, err)
+		}
+		if !parsed && sc != (Scope{}) {
+			t.Fatalf("ParseScope(%q) = %+v with ok=false", s, sc)
+		}
+		if parsed {
+			if parts := strings.Split(s, ":"); len(parts) != 3 || sc != (Scope{parts[0], parts[1], parts[2]}) {
+				t.Fatalf("ParseScope(%q) = %+v", s, sc)
+			}
+			for i := 0; i < len(s); i++ {
+				if c := s[i]; c <= ' ' || c >= 0x7f {
+					t.Fatalf("accepted %q has byte %#x at %d", s, c, i)
+				}
+			}
+			if strings.ContainsFunc(s, unicode.IsSpace) || strings.ContainsFunc(s, unicode.IsControl) || !utf8.ValidString(s) {
+				t.Fatalf("accepted %q has whitespace, a control character or invalid UTF-8", s)
+			}
+		}
+		// Coverage: never through a scope outside the grammar; a scope
+		// covers itself iff it is one.
+		for _, pair := range [][2]string{{g, s}, {s, g}, {s, s}} {
+			if got, want := Covers([]string{pair[0]}, pair[1]), refCovers(pair[0], pair[1]); got != want {
+				t.Fatalf("Covers([%q], %q) = %v, reference says %v", pair[0], pair[1], got, want)
+			}
+		}
+		if Subset([]string{s}, []string{s}) != ok {
+			t.Fatalf("Subset of %q in itself = %v, want %v", s, !ok, ok)
+		}
+		if parsed && !Covers([]string{sc.Action + ":" + sc.Resource + ":" + Wildcard}, s) {
+			t.Fatalf("the wildcard of %q does not cover it", s)
+		}
+	})
 }

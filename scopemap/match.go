@@ -42,19 +42,6 @@ type methodEntry struct {
 // wrapping its replacer; it may be nil when no template uses placeholders.
 type Resolver func(name string) (string, bool)
 
-// Match is the outcome of a lookup.
-type Match struct {
-	// Rule is the rule that matched, nil if none. It points into the Map:
-	// do not modify it.
-	Rule *Rule
-	// Public reports whether the rule is public (no token needed).
-	Public bool
-	// Required are the expanded required scopes, all of which must be
-	// covered; nil for public rules. For rules whose templates have no
-	// variables the slice is shared between lookups: do not modify it.
-	Required []string
-}
-
 // Compile validates all rules and builds the matcher. It reports bad
 // patterns, bad scope templates, unknown {name} in a template (errors wrap
 // ErrInvalidRule), and duplicate or ambiguous rules (errors wrap ErrConflict
@@ -237,46 +224,19 @@ func (w *walker) walk(n *node, pos, nv int) *compiled {
 	return nil
 }
 
-// Lookup finds the most specific rule for method and the raw (escaped)
-// request path, r.URL.EscapedPath().
-//
-// found is false when no rule maps the route. A path that is not canonical
-// yields an error wrapping ErrNotCanonical (callers should have answered 400
-// already; Lookup checks again so that forgetting to cannot open a hole). If
-// a rule matches but a path value or placeholder would make a required scope
-// malformed, Lookup returns the match without Required and an error wrapping
-// ErrBadValue: the caller must deny (403). It never falls back to a less
-// specific rule and never returns a wider scope.
-//
-// {name} values are percent-decoded; a {name...} value is the decoded rest
-// of the path, slashes included, and is empty when the rest is.
-func (m *Map) Lookup(method, rawPath string, resolve Resolver) (Match, bool, error) {
-	if err := CheckCanonical(rawPath); err != nil {
-		return Match{}, false, err
+// lookup finds the most specific rule for method and the canonical rawPath,
+// or nil. vals is scratch for the raw values of the rule's variables; the
+// returned slice holds them (vals itself unless the rule has more).
+func (m *Map) lookup(method, rawPath string, vals []span) (*compiled, []span) {
+	if m.maxVars > len(vals) {
+		vals = make([]span, m.maxVars)
 	}
-	if m == nil || m.root == nil {
-		return Match{}, false, nil
-	}
-	var buf [16]span // no allocation for patterns with up to 16 variables
-	w := walker{method: method, path: rawPath, vals: buf[:]}
-	if m.maxVars > len(buf) {
-		w.vals = make([]span, m.maxVars)
-	}
+	w := walker{method: method, path: rawPath, vals: vals}
 	pos := 0
 	if rawPath == "/" {
 		pos = len(rawPath) // "/" has no segments
 	}
-	c := w.walk(m.root, pos, 0)
-	if c == nil {
-		return Match{}, false, nil
-	}
-	match := Match{Rule: c.rule, Public: c.rule.Public}
-	req, err := c.expand(rawPath, w.vals, resolve)
-	if err != nil {
-		return match, true, err
-	}
-	match.Required = req
-	return match, true, nil
+	return w.walk(m.root, pos, 0), vals
 }
 
 // expand returns c's required scopes for the values found in path. All
@@ -334,8 +294,9 @@ func (c *compiled) expand(path string, vals []span, resolve Resolver) ([]string,
 				writeUnescaped(&b, path[vals[p.idx].start:vals[p.idx].end])
 				// Bytes already written never change, so this string
 				// stays valid as the builder grows.
-				if v := b.String()[vs:]; checkValue(v) != "" {
-					return nil, badValue(t, p, v, checkValue(v))
+				v := b.String()[vs:]
+				if reason := checkValue(v); reason != "" {
+					return nil, badValue(t, p, v, reason)
 				}
 			case partPlaceholder:
 				b.WriteString(ph[k])
@@ -348,15 +309,25 @@ func (c *compiled) expand(path string, vals []span, resolve Resolver) ([]string,
 }
 
 // writeUnescaped writes the percent-decoded form of the canonical s to b.
+// It decodes with appendUnescaped into a stack buffer, a chunk at a time,
+// so that there is one decoding loop and a long value costs no allocation.
 func writeUnescaped(b *strings.Builder, s string) {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c == '%' {
-			if d, ok := decodePct(s, i); ok {
-				c = d
-				i += 2
+	if strings.IndexByte(s, '%') < 0 {
+		b.WriteString(s)
+		return
+	}
+	var buf [64]byte
+	for s != "" {
+		n := len(s)
+		if n > len(buf) {
+			n = len(buf)
+			// Do not cut an escape in two: end the chunk before a '%'
+			// among its last two bytes.
+			if i := strings.LastIndexByte(s[n-2:n], '%'); i >= 0 {
+				n -= 2 - i
 			}
 		}
-		b.WriteByte(c)
+		b.Write(appendUnescaped(buf[:0], s[:n]))
+		s = s[n:]
 	}
 }

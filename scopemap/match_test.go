@@ -1,7 +1,10 @@
 package scopemap
 
 import (
+	"net/url"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -20,52 +23,64 @@ func mustRules(t testing.TB, lines ...string) []Rule {
 	return rules
 }
 
-type lookupCase struct {
+type decideCase struct {
 	method, path string
-	rule         string   // String() of the expected rule; "" = unmapped
+	rule         string   // String() of the expected rule; "" = none
 	required     []string // expected Required
-	err          error    // expected sentinel
+	err          error    // expected sentinel: ErrNotCanonical, ErrBadValue or nil
 }
 
-func runLookup(t *testing.T, lines []string, resolve Resolver, cases []lookupCase) {
+// outcome is the Outcome a case expects.
+func (tc decideCase) outcome() Outcome {
+	switch {
+	case tc.err == ErrNotCanonical:
+		return NotCanonical
+	case tc.err == ErrBadValue:
+		return BadValue
+	case tc.rule == "":
+		return Unmapped
+	case strings.HasPrefix(tc.rule, keywordPublic+" "):
+		return Public
+	}
+	return Require
+}
+
+func runDecide(t *testing.T, lines []string, resolve Resolver, cases []decideCase) {
 	t.Helper()
 	rules := mustRules(t, lines...)
 	m, err := Compile(rules)
 	require.NoError(t, err)
 	for _, tc := range cases {
 		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
-			match, found, err := m.Lookup(tc.method, tc.path, resolve)
+			d := m.Decide(tc.method, tc.path, resolve)
+			require.Equal(t, tc.outcome(), d.Outcome, "%v", d.Err)
 			if tc.err != nil {
-				require.ErrorIs(t, err, tc.err)
-				assert.Nil(t, match.Required, "an error never carries scopes")
+				require.ErrorIs(t, d.Err, tc.err)
+				assert.Nil(t, d.Required, "an error never carries scopes")
 			} else {
-				require.NoError(t, err)
+				require.NoError(t, d.Err)
 			}
 			if tc.rule == "" {
-				assert.False(t, found)
-				assert.Nil(t, match.Rule)
+				assert.Nil(t, d.Rule)
 				return
 			}
-			require.True(t, found)
-			assert.Equal(t, tc.rule, match.Rule.String())
-			assert.Equal(t, match.Rule.Public, match.Public)
+			require.NotNil(t, d.Rule)
+			assert.Equal(t, tc.rule, d.Rule.String())
 			if tc.err == nil {
-				assert.Equal(t, tc.required, match.Required)
-				for _, s := range match.Required {
-					assert.True(t, Valid(s), s)
+				assert.Equal(t, tc.required, d.Required)
+				for _, s := range d.Required {
+					assert.NoError(t, CheckScope(s))
 				}
 			}
 			// The linear reference agrees on the rule.
-			if tc.err == nil || tc.err == ErrBadValue {
-				i, _ := refLookup(rules, tc.method, tc.path)
-				require.GreaterOrEqual(t, i, 0)
-				assert.Equal(t, tc.rule, rules[i].String(), "reference")
-			}
+			i, _ := refLookup(rules, tc.method, tc.path)
+			require.GreaterOrEqual(t, i, 0)
+			assert.Equal(t, tc.rule, rules[i].String(), "reference")
 		})
 	}
 }
 
-func TestLookupPrecedence(t *testing.T) {
+func TestDecidePrecedence(t *testing.T) {
 	lines := []string{
 		"require GET /a/b/c lit:lit:lit",
 		"require GET /a/{x}/c lit:param:{x}",
@@ -80,7 +95,7 @@ func TestLookupPrecedence(t *testing.T) {
 		"require * /m/lit m:anylit:x",
 		"public GET /",
 	}
-	runLookup(t, lines, nil, []lookupCase{
+	runDecide(t, lines, nil, []decideCase{
 		{"GET", "/a/b/c", lines[0], []string{"lit:lit:lit"}, nil},
 		// crossing patterns: the first differing place decides.
 		{"GET", "/a/b/d", lines[2], []string{"lit:lit:d"}, nil},
@@ -110,16 +125,18 @@ func TestLookupPrecedence(t *testing.T) {
 	})
 }
 
-func TestLookupRemainder(t *testing.T) {
+func TestDecideRemainder(t *testing.T) {
 	lines := []string{
 		"require * /reports/{path...} read:reports:*",
 		"require GET /docs/{rest...} read:docs:{rest}",
 		"public OPTIONS /{path...}",
 	}
-	runLookup(t, lines, nil, []lookupCase{
+	runDecide(t, lines, nil, []decideCase{
 		{"GET", "/reports", lines[0], []string{"read:reports:*"}, nil},
 		{"DELETE", "/reports/2024/q1", lines[0], []string{"read:reports:*"}, nil},
-		{"GET", "/docs/a/b%20c", lines[1], []string{"read:docs:a/b c"}, nil},
+		{"GET", "/docs/a/b%2Bc", lines[1], []string{"read:docs:a/b+c"}, nil},
+		// a decoded space is no scope-char: deny.
+		{"GET", "/docs/a/b%20c", lines[1], nil, ErrBadValue},
 		// the rest is empty: the value is empty, deny.
 		{"GET", "/docs", lines[1], nil, ErrBadValue},
 		{"OPTIONS", "/", lines[2], nil, nil},
@@ -128,10 +145,14 @@ func TestLookupRemainder(t *testing.T) {
 		// not canonical: never matched.
 		{"GET", "/reports/", "", nil, ErrNotCanonical},
 		{"GET", "/reports/../admin", "", nil, ErrNotCanonical},
+		// nor when a matrix parameter hides the dots from a naive check.
+		{"GET", "/reports/..;/admin", "", nil, ErrNotCanonical},
+		{"OPTIONS", "/x/%2e%2e;jsessionid=1/y", "", nil, ErrNotCanonical},
+		{"GET", "/reports/..a;b", lines[0], []string{"read:reports:*"}, nil},
 	})
 }
 
-func TestLookupMethods(t *testing.T) {
+func TestDecideMethods(t *testing.T) {
 	lines := []string{
 		"require GET /a/{x} read:a:{x}",
 		"require HEAD /b/{x} head:b:{x}",
@@ -142,7 +163,7 @@ func TestLookupMethods(t *testing.T) {
 		"require GET /d d:get:x",
 		"require PURGE /e e:purge:x",
 	}
-	runLookup(t, lines, nil, []lookupCase{
+	runDecide(t, lines, nil, []decideCase{
 		{"GET", "/a/1", lines[0], []string{"read:a:1"}, nil},
 		{"HEAD", "/a/1", lines[0], []string{"read:a:1"}, nil}, // GET serves HEAD
 		{"POST", "/a/1", "", nil, nil},
@@ -159,15 +180,15 @@ func TestLookupMethods(t *testing.T) {
 	})
 }
 
-func TestLookupTemplates(t *testing.T) {
+func TestDecideTemplates(t *testing.T) {
 	lines := []string{
 		"require POST /transfer/{from}/{to} read:acct:{from} write:acct:{to} audit:transfer:{from}-{to}",
 		"require GET /t/{tenant}/orders/{id} read:orders:{tenant}/{id} read:tenant:{tenant}",
 		"require GET /host/{id} read:{http.request.host}:{id}",
 		"require GET /hdr hdr:x:{http.request.header.X-Team}",
 		"require GET /missing m:x:{http.vars.nope}",
-		"require GET /ident/{id} read:data:a:{id}",
 		"require GET /star/{id} read:star:{id}",
+		"require GET /q/{id} q!#$%&'()*+,-./;<=>?@[]^_`|~:x:{id}",
 	}
 	resolve := func(name string) (string, bool) {
 		switch name {
@@ -178,29 +199,30 @@ func TestLookupTemplates(t *testing.T) {
 		}
 		return "", false
 	}
-	runLookup(t, lines, resolve, []lookupCase{
+	runDecide(t, lines, resolve, []decideCase{
 		{"POST", "/transfer/alice/bob", lines[0], []string{"read:acct:alice", "write:acct:bob", "audit:transfer:alice-bob"}, nil},
 		{"GET", "/t/acme/orders/7", lines[1], []string{"read:orders:acme/7", "read:tenant:acme"}, nil},
 		{"GET", "/host/9", lines[2], []string{"read:api.example.com:9"}, nil},
 		{"GET", "/hdr", lines[3], []string{"hdr:x:blue"}, nil},
 		{"GET", "/missing", lines[4], nil, ErrBadValue},
-		// identifiers may contain ':' in the template's own text.
-		{"GET", "/ident/7", lines[5], []string{"read:data:a:7"}, nil},
 		// '*' as a value is a literal identifier: only a granted '*' covers it.
-		{"GET", "/star/*", lines[6], []string{"read:star:*"}, nil},
-		{"GET", "/star/%2A", lines[6], []string{"read:star:*"}, nil},
-		{"GET", "/star/caf%C3%A9", lines[6], []string{"read:star:café"}, nil},
+		{"GET", "/star/*", lines[5], []string{"read:star:*"}, nil},
+		{"GET", "/star/%2A", lines[5], []string{"read:star:*"}, nil},
+		// every scope-char may come from a template or a value.
+		{"GET", "/q/!$&'()*+,;=@~", lines[6], []string{"q!#$%&'()*+,-./;<=>?@[]^_`|~:x:!$&'()*+,;=@~"}, nil},
+		{"GET", "/q/%22", lines[6], nil, ErrBadValue},
 	})
 
 	// A nil resolver never widens: placeholders are unset, so deny.
 	m, err := Compile(mustRules(t, lines...))
 	require.NoError(t, err)
-	_, found, err := m.Lookup("GET", "/host/9", nil)
-	assert.True(t, found)
-	assert.ErrorIs(t, err, ErrBadValue)
+	d := m.Decide("GET", "/host/9", nil)
+	assert.Equal(t, BadValue, d.Outcome)
+	assert.ErrorIs(t, d.Err, ErrBadValue)
+	assert.Contains(t, d.Err.Error(), "placeholder not set")
 }
 
-func TestLookupBadValues(t *testing.T) {
+func TestDecideBadValues(t *testing.T) {
 	lines := []string{
 		"require GET /o/{id} read:orders:{id}",
 		"require GET /p/{id} read:{id}:x",
@@ -210,37 +232,47 @@ func TestLookupBadValues(t *testing.T) {
 	}
 	var phValue string
 	resolve := func(string) (string, bool) { return phValue, true }
-	cases := []struct{ path, ph string }{
-		{"/o/a%3Ab", ""},   // encoded ':'
-		{"/o/a:b", ""},     // raw ':'
-		{"/p/a%3ab", ""},   // ':' in the resource part
-		{"/o/%FF", ""},     // invalid UTF-8
-		{"/o/%C2%85", ""},  // C1 control (NEL)
-		{"/o/%C0%AF", ""},  // overlong encoding
-		{"/r/a/b%3Ac", ""}, // ':' in a remainder
-		{"/r", ""},         // empty remainder
-		{"/h", ""},         // empty placeholder
-		{"/h", "a:b"},      // ':' in a placeholder
-		{"/h", "a\nb"},     // control in a placeholder
-		{"/h", "a\x00"},    // NUL in a placeholder
-		{"/h", "\xff"},     // invalid UTF-8 in a placeholder
-		{"/h", "a\u0085b"}, // C1 control in a placeholder
+	cases := []struct{ path, ph, msg string }{
+		{"/o/a%3Ab", "", "byte 1 is ':'"},           // encoded ':'
+		{"/o/a:b", "", "byte 1 is ':'"},             // raw ':'
+		{"/p/a%3ab", "", "byte 1 is ':'"},           // ':' in the resource part
+		{"/o/%FF", "", "non-ASCII byte 0xff"},       // invalid UTF-8
+		{"/o/caf%C3%A9", "", "byte 3 is non-ASCII"}, // valid UTF-8, but not ASCII
+		{"/o/%C2%85", "", "non-ASCII"},              // C1 control (NEL)
+		{"/o/%C0%AF", "", "non-ASCII"},              // overlong encoding
+		{"/o/a%20b", "", "byte 1 is a space"},       // space
+		{"/o/%22x", "", "byte 0 is a double quote"}, // quote
+		{"/r/a/b%3Ac", "", "byte 3 is ':'"},         // ':' in a remainder
+		{"/r", "", "empty"},                         // empty remainder
+		{"/h", "", "empty"},                         // empty placeholder
+		{"/h", "a:b", "byte 1 is ':'"},              // ':' in a placeholder
+		{"/h", "a\nb", "control byte 0x0a"},         // control in a placeholder
+		{"/h", "a\x00", "control byte 0x00"},        // NUL in a placeholder
+		{"/h", "\xff", "non-ASCII byte 0xff"},       // invalid UTF-8 in a placeholder
+		{"/h", "a\u0085b", "non-ASCII byte 0xc2"},   // C1 control in a placeholder
+		{"/h", "caf\u00e9", "byte 3 is non-ASCII"},  // non-ASCII in a placeholder
+		{"/h", "a b", "byte 1 is a space"},          // space in a placeholder
+		{"/h", "a\\b", "byte 1 is a backslash"},     // backslash in a placeholder
+		{"/h", `"a"`, "byte 0 is a double quote"},   // quote in a placeholder
+		{"/h", "\x7f", "control byte 0x7f"},         // DEL in a placeholder
 	}
 	m, err := Compile(mustRules(t, lines...))
 	require.NoError(t, err)
 	for _, tc := range cases {
 		phValue = tc.ph
-		match, found, err := m.Lookup("GET", tc.path, resolve)
-		assert.True(t, found, "%s %q", tc.path, tc.ph)
-		assert.ErrorIs(t, err, ErrBadValue, "%s %q", tc.path, tc.ph)
-		assert.Nil(t, match.Required, "%s %q", tc.path, tc.ph)
-		assert.NotNil(t, match.Rule)
+		d := m.Decide("GET", tc.path, resolve)
+		assert.Equal(t, BadValue, d.Outcome, "%s %q", tc.path, tc.ph)
+		assert.ErrorIs(t, d.Err, ErrBadValue, "%s %q", tc.path, tc.ph)
+		assert.ErrorContains(t, d.Err, tc.msg, "%s %q", tc.path, tc.ph)
+		assert.Nil(t, d.Required, "%s %q", tc.path, tc.ph)
+		assert.NotNil(t, d.Rule)
 	}
 	// Control bytes in the path are refused before matching (400, not 403).
 	for _, p := range []string{"/o/%00", "/o/a%0Ab", "/o/%7f", "/o/a\x01"} {
-		_, found, err := m.Lookup("GET", p, resolve)
-		assert.False(t, found, p)
-		assert.ErrorIs(t, err, ErrNotCanonical, p)
+		d := m.Decide("GET", p, resolve)
+		assert.Equal(t, NotCanonical, d.Outcome, p)
+		assert.Nil(t, d.Rule, p)
+		assert.ErrorIs(t, d.Err, ErrNotCanonical, p)
 	}
 	// A bad value never falls through to a wider rule.
 	m2, err := Compile(mustRules(t,
@@ -248,10 +280,9 @@ func TestLookupBadValues(t *testing.T) {
 		"public GET /{any...}",
 	))
 	require.NoError(t, err)
-	match, found, err := m2.Lookup("GET", "/o/a%3Ab", nil)
-	assert.True(t, found)
-	assert.ErrorIs(t, err, ErrBadValue)
-	assert.False(t, match.Public)
+	d := m2.Decide("GET", "/o/a%3Ab", nil)
+	assert.Equal(t, BadValue, d.Outcome)
+	assert.Equal(t, "require GET /o/{id} read:orders:{id}", d.Rule.String())
 }
 
 func TestCompileConflicts(t *testing.T) {
@@ -319,7 +350,15 @@ func TestCompileInvalid(t *testing.T) {
 		{"unbalanced", Rule{Methods: []string{"GET"}, Pattern: "/a/{x}", Scopes: []string{"a:b:{x"}}, "unmatched '{'"},
 		{"unbalanced close", Rule{Methods: []string{"GET"}, Pattern: "/a/{x}", Scopes: []string{"a:b:x}"}}, "unmatched '}'"},
 		{"rest in template", Rule{Methods: []string{"GET"}, Pattern: "/a/{x...}", Scopes: []string{"a:b:{x...}"}}, "without '...'"},
-		{"space in template", Rule{Methods: []string{"GET"}, Pattern: "/a", Scopes: []string{"a:b:c d"}}, "contains"},
+		{"space in template", Rule{Methods: []string{"GET"}, Pattern: "/a", Scopes: []string{"a:b:c d"}}, "byte 5 is a space"},
+		{"colon in identifier", Rule{Methods: []string{"GET"}, Pattern: "/a/{x}", Scopes: []string{"read:data:a:{x}"}}, "no further ':'"},
+		{"colon after variable", Rule{Methods: []string{"GET"}, Pattern: "/a/{x}", Scopes: []string{"read:data:{x}:{x}"}}, "no further ':'"},
+		{"non-ASCII in template", Rule{Methods: []string{"GET"}, Pattern: "/a", Scopes: []string{"read:café:x"}}, "byte 8 is non-ASCII byte 0xc3"},
+		{"quote in template", Rule{Methods: []string{"GET"}, Pattern: "/a", Scopes: []string{`read:"a":x`}}, "byte 5 is a double quote"},
+		{"backslash in template", Rule{Methods: []string{"GET"}, Pattern: "/a", Scopes: []string{`read:a\b:x`}}, "byte 6 is a backslash"},
+		{"tab in template", Rule{Methods: []string{"GET"}, Pattern: "/a", Scopes: []string{"read:a:\tx"}}, "byte 7 is control byte 0x09"},
+		{"DEL in placeholder name", Rule{Methods: []string{"GET"}, Pattern: "/a", Scopes: []string{"read:a:{http.x\x7f}"}}, "control byte 0x7f"},
+		{"matrix dot literal", Rule{Methods: []string{"GET"}, Pattern: "/static/..;/a", Scopes: []string{"a:b:c"}}, "dot segment"},
 		{"bad placeholder", Rule{Methods: []string{"GET"}, Pattern: "/a", Scopes: []string{"a:b:{.x}"}}, "malformed placeholder"},
 	}
 	for _, tc := range tests {
@@ -410,24 +449,20 @@ func TestCompileCopiesRules(t *testing.T) {
 	require.NoError(t, err)
 	rules[0].Methods[0] = "POST"
 	rules[0].Scopes[0] = "w:a:{x}"
-	match, found, err := m.Lookup("GET", "/a/1", nil)
-	require.NoError(t, err)
-	require.True(t, found)
-	assert.Equal(t, []string{"r:a:1"}, match.Required)
-	assert.Equal(t, "require GET /a/{x} r:a:{x}", match.Rule.String())
+	d := m.Decide("GET", "/a/1", nil)
+	require.Equal(t, Require, d.Outcome)
+	assert.Equal(t, []string{"r:a:1"}, d.Required)
+	assert.Equal(t, "require GET /a/{x} r:a:{x}", d.Rule.String())
 }
 
-func TestLookupEmptyAndManyVars(t *testing.T) {
+func TestDecideEmptyAndManyVars(t *testing.T) {
 	var m *Map
-	_, found, err := m.Lookup("GET", "/", nil)
-	assert.False(t, found)
-	assert.NoError(t, err)
+	assert.Equal(t, Decision{Outcome: Unmapped}, m.Decide("GET", "/", nil))
+	assert.Equal(t, NotCanonical, m.Decide("GET", "/a/..", nil).Outcome, "a nil Map still checks the path")
 
-	m, err = Compile(nil)
+	m, err := Compile(nil)
 	require.NoError(t, err)
-	_, found, err = m.Lookup("GET", "/a", nil)
-	assert.False(t, found)
-	assert.NoError(t, err)
+	assert.Equal(t, Decision{Outcome: Unmapped}, m.Decide("GET", "/a", nil))
 
 	// More variables than the on-stack buffer holds.
 	var pat, tpl, path strings.Builder
@@ -438,31 +473,135 @@ func TestLookupEmptyAndManyVars(t *testing.T) {
 	}
 	m, err = Compile([]Rule{{Methods: []string{"GET"}, Pattern: pat.String(), Scopes: []string{"r:x:" + tpl.String()}}})
 	require.NoError(t, err)
-	match, found, err := m.Lookup("GET", path.String(), nil)
-	require.NoError(t, err)
-	require.True(t, found)
-	assert.Equal(t, []string{"r:x:abcdefghijklmnopqrst"}, match.Required)
+	d := m.Decide("GET", path.String(), nil)
+	require.Equal(t, Require, d.Outcome, "%v", d.Err)
+	assert.Equal(t, []string{"r:x:abcdefghijklmnopqrst"}, d.Required)
 }
 
-func TestLookupLongEncodedLiteral(t *testing.T) {
+func TestDecideLongEncodedLiteral(t *testing.T) {
 	long := strings.Repeat("a", 100)
 	m, err := Compile(mustRules(t, "require GET /"+long+" r:long:x", "public GET /{x}"))
 	require.NoError(t, err)
-	match, found, err := m.Lookup("GET", "/%61"+long[1:], nil)
-	require.NoError(t, err)
-	require.True(t, found)
-	assert.Equal(t, []string{"r:long:x"}, match.Required)
+	d := m.Decide("GET", "/%61"+long[1:], nil)
+	require.Equal(t, Require, d.Outcome)
+	assert.Equal(t, []string{"r:long:x"}, d.Required)
 }
 
-func TestStaticRequiredAllocatesNothing(t *testing.T) {
-	m, err := Compile(mustRules(t, "require GET /s/{x} r:s:* w:s:*", "public GET /p/{x}"))
+// Values are decoded a chunk at a time; an escape at any offset, in
+// particular across a chunk boundary, decodes whole.
+func TestDecideLongEncodedValue(t *testing.T) {
+	m, err := Compile(mustRules(t, "require GET /v/{rest...} r:v:{rest}"))
 	require.NoError(t, err)
-	for _, p := range []string{"/s/1", "/p/1"} {
+	for n := 0; n < 200; n++ {
+		raw := strings.Repeat("a", n) + "%2B%2b" + strings.Repeat("/b%7E", n%7)
+		d := m.Decide("GET", "/v/"+raw, nil)
+		require.Equal(t, Require, d.Outcome, "%d: %v", n, d.Err)
+		want, err := url.PathUnescape(raw)
+		require.NoError(t, err)
+		assert.Equal(t, []string{"r:v:" + want}, d.Required, n)
+	}
+	// A bad byte past the first chunk is still found.
+	d := m.Decide("GET", "/v/"+strings.Repeat("a", 100)+"%3A", nil)
+	assert.Equal(t, BadValue, d.Outcome)
+	assert.ErrorContains(t, d.Err, "byte 100 is ':'")
+}
+
+func TestDecideAllocations(t *testing.T) {
+	m, err := Compile(mustRules(t,
+		"require GET /s/{x} r:s:* w:s:*",
+		"public GET /p/{x}",
+		"require GET /t/{x}/{y...} r:t:{x} w:t:{y} a:{x}:{y}",
+	))
+	require.NoError(t, err)
+	long := "/t/" + strings.Repeat("x%41", 100) + "/" + strings.Repeat("y%42/", 100) + "z"
+	for _, tc := range []struct {
+		path string
+		max  float64
+	}{
+		{"/s/1", 0}, // static templates: the shared slice
+		{"/p/1", 0}, // public
+		{"/u", 0},   // unmapped
+		{"/t/1/2/3", 2},
+		{long, 2}, // long encoded values cost no more
+	} {
 		allocs := testing.AllocsPerRun(100, func() {
-			_, _, _ = m.Lookup("GET", p, nil)
+			if d := m.Decide("GET", tc.path, nil); d.Err != nil {
+				t.Fatal(d.Err)
+			}
 		})
-		assert.Zero(t, allocs, p)
+		assert.LessOrEqual(t, allocs, tc.max, tc.path)
 	}
 	allocs := testing.AllocsPerRun(100, func() { _ = CheckCanonical("/a/b%20c/d") })
 	assert.Zero(t, allocs)
+}
+
+func TestOutcomeString(t *testing.T) {
+	for o, want := range map[Outcome]string{
+		NotCanonical: "not_canonical",
+		Unmapped:     "unmapped",
+		Public:       "public",
+		Require:      "require",
+		BadValue:     "bad_value",
+		Outcome(9):   "Outcome(9)",
+	} {
+		assert.Equal(t, want, o.String())
+	}
+	assert.Equal(t, NotCanonical, Decision{}.Outcome, "a zero Decision refuses")
+}
+
+// Lookup is Decide in the older shape; each outcome maps as documented.
+func TestLookupWrapsDecide(t *testing.T) {
+	m, err := Compile(mustRules(t, "require GET /o/{id} read:orders:{id}", "public GET /healthz"))
+	require.NoError(t, err)
+	tests := []struct {
+		path       string
+		found, pub bool
+		required   []string
+		sentinel   error
+	}{
+		{"/o/1", true, false, []string{"read:orders:1"}, nil},
+		{"/healthz", true, true, nil, nil},
+		{"/nowhere", false, false, nil, nil},
+		{"/o/a%3Ab", true, false, nil, ErrBadValue}, // the rule, no scopes
+		{"/o/..", false, false, nil, ErrNotCanonical},
+	}
+	for _, tc := range tests {
+		match, found, err := m.Lookup("GET", tc.path, nil)
+		assert.Equal(t, tc.found, found, tc.path)
+		assert.Equal(t, tc.pub, match.Public, tc.path)
+		assert.Equal(t, tc.required, match.Required, tc.path)
+		assert.Equal(t, tc.found, match.Rule != nil, tc.path)
+		if tc.sentinel != nil {
+			assert.ErrorIs(t, err, tc.sentinel, tc.path)
+		} else {
+			assert.NoError(t, err, tc.path)
+		}
+	}
+}
+
+// A Map is shared by every request: concurrent decisions, including ones
+// that return the shared static slice, must not race (run with -race).
+func TestDecideConcurrent(t *testing.T) {
+	m, err := Compile(benchRules(100))
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				id := strconv.Itoa(g*1000 + i)
+				d := m.Decide("GET", "/svc3/orders/"+id, nil)
+				if d.Outcome != Require || d.Required[0] != "read:orders:"+id || d.Required[1] != "read:svc3:"+id {
+					t.Errorf("templated: %+v", d)
+					return
+				}
+				if d := m.Decide("PUT", "/svc4/reports/"+id, nil); d.Outcome != Require || d.Required[0] != "read:reports:*" {
+					t.Errorf("static: %+v", d)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

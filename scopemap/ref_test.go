@@ -5,8 +5,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"unicode"
-	"unicode/utf8"
 )
 
 // This file is a deliberately naive reference implementation of rule
@@ -169,7 +167,25 @@ func refExpand(tpls []string, vals map[string]string, resolve Resolver) ([]strin
 	return out, good
 }
 
-func refGoodValue(v string) bool {
-	return v != "" && !strings.Contains(v, ":") && utf8.ValidString(v) &&
-		!strings.ContainsFunc(v, unicode.IsControl)
+// refScopeChars is the scope grammar's character set, transcribed from its
+// ABNF: %x21 / %x23-39 / %x3B-5B / %x5D-7E.
+const refScopeChars = `[!#-9;-\[\]-~]`
+
+var (
+	refScopeRE = regexp.MustCompile(`^` + refScopeChars + `+:` + refScopeChars + `+:` + refScopeChars + `+$`)
+	refValueRE = regexp.MustCompile(`^` + refScopeChars + `+$`)
+)
+
+// refGoodValue: a value substituted into a template is one or more
+// scope-chars.
+func refGoodValue(v string) bool { return refValueRE.MatchString(v) }
+
+// refCovers is coverage stated naively: both sides in the grammar, same
+// action and resource, and the same identifier or a granted "*".
+func refCovers(granted, required string) bool {
+	if !refScopeRE.MatchString(granted) || !refScopeRE.MatchString(required) {
+		return false
+	}
+	g, r := strings.Split(granted, ":"), strings.Split(required, ":")
+	return g[0] == r[0] && g[1] == r[1] && (g[2] == r[2] || g[2] == "*")
 }

@@ -3,7 +3,6 @@ package scopemap
 import (
 	"fmt"
 	"strings"
-	"unicode/utf8"
 )
 
 // partKind is the kind of one piece of a scope template.
@@ -33,13 +32,13 @@ func (t *template) static() bool { return len(t.parts) == 1 && t.parts[0].kind =
 
 // parseTemplate compiles src against the variable names of its rule's
 // pattern. {name} without a dot must be one of names; {a.b} is a placeholder.
-// The result is a well-formed scope for every substitution of non-empty,
-// colon-free values, which is exactly what expansion allows.
+// The result is a scope in the package's grammar for every substitution of
+// values that checkValue accepts, which is exactly what expansion allows.
 func parseTemplate(src string, names []string) (template, error) {
 	t := template{src: src}
 	for i := 0; i < len(src); i++ {
-		if c := src[i]; isControl(c) || c == ' ' || c == '"' || c == '\\' {
-			return template{}, fmt.Errorf("scope template %q contains %q", src, c)
+		if c := src[i]; !isScopeByte(c) && c != ':' {
+			return template{}, fmt.Errorf("scope template %q: byte %d is %s, which no scope may contain", src, i, describeByte(c))
 		}
 	}
 	rest := src
@@ -67,10 +66,10 @@ func parseTemplate(src string, names []string) (template, error) {
 		t.parts = append(t.parts, p)
 		rest = rest[open+1+end+1:]
 	}
-	// Substituting "x" is exact: values can contain no ':', so only the
-	// template's own colons split it.
+	// Substituting "x" is exact: values are scope-chars, so only the
+	// template's own colons split it and each variable fills its part.
 	if !Valid(t.expandWith("x")) {
-		return template{}, fmt.Errorf("scope template %q is not action:resource:identifier with non-empty parts", src)
+		return template{}, fmt.Errorf("scope template %q is not action:resource:identifier: three non-empty parts and no further ':'", src)
 	}
 	return t, nil
 }
@@ -120,42 +119,23 @@ func (t *template) expandWith(v string) string {
 }
 
 // checkValue reports why v cannot be substituted into a scope, or "" if it
-// can: it must be non-empty valid UTF-8 without ':' or control characters
-// (C0, DEL, C1). Anything else is carried literally: "*" stays a literal
-// identifier that only a granted "*" covers.
+// can: it must be one or more scope-chars, the character set of the scope
+// grammar, so it can neither add a ':' nor smuggle in whitespace, control
+// bytes or non-ASCII. "*" stays a literal identifier that only a granted
+// "*" covers.
 func checkValue(v string) string {
 	if v == "" {
 		return "empty"
 	}
-	for i := 0; i < len(v); {
-		c := v[i]
-		if c < utf8.RuneSelf {
-			switch {
-			case c == ':':
-				return "contains ':'"
-			case isControl(c):
-				return "contains a control character"
-			}
-			i++
-			continue
+	for i := 0; i < len(v); i++ {
+		if !isScopeByte(v[i]) {
+			return fmt.Sprintf("byte %d is %s", i, describeByte(v[i]))
 		}
-		r, size := utf8.DecodeRuneInString(v[i:])
-		if r == utf8.RuneError && size == 1 {
-			return "invalid UTF-8"
-		}
-		if 0x80 <= r && r <= 0x9f {
-			return "contains a control character"
-		}
-		i += size
 	}
 	return ""
 }
 
 // badValue builds the ErrBadValue error for a variable of a template.
 func badValue(t *template, p *part, v, reason string) error {
-	const max = 64
-	if len(v) > max {
-		v = v[:max] + "..."
-	}
-	return fmt.Errorf("%w: {%s} = %q in %q: %s", ErrBadValue, p.text, v, t.src, reason)
+	return fmt.Errorf("%w: {%s} = %s in %q: %s", ErrBadValue, p.text, quoteTrunc(v), t.src, reason)
 }
