@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
 )
 
 // One test per deliberate departure from upstream (agentwrit-api.md, D1–D14).
@@ -218,7 +220,7 @@ func TestDeparture_D8_AppUpdateAtomic(t *testing.T) {
 			400, "invalid_ttl", fmt.Sprintf("invalid token TTL: must be between 60 and 86400 seconds, got %d", ttl))
 	}
 	requireProblem(t, e.do("PUT", "/v1/admin/apps/"+app.ID, admin, map[string]any{"scopes": []string{"write:data:*", "bad"}, "token_ttl": 600}),
-		400, "invalid_request", "invalid scope format: use action:resource:identifier")
+		400, "invalid_request", `invalid scope format: use action:resource:identifier: invalid scope "bad": no ':', want action:resource:identifier`)
 	require.Equal(t, before, e.do("GET", "/v1/admin/apps/"+app.ID, admin, nil).Body.String(), "nothing changed")
 	require.Empty(t, e.events(EventAppUpdated))
 
@@ -417,4 +419,45 @@ func TestDeparture_D14_NotFoundProblem(t *testing.T) {
 	// The query string is not part of instance.
 	rec := e.do("GET", "/nope?a=b", "", nil)
 	require.Equal(t, "/nope", decode(t, rec)["instance"])
+}
+
+// D15: one scope grammar at every entry point. A scope with whitespace, a
+// control byte, a quote or a third colon is a 400 naming it at register,
+// delegate, launch-token and app creation and update, before anything
+// changes; a token that carries one (issued before this rule, or forged
+// with a leaked key) does not verify.
+func TestDeparture_D15_ScopeGrammar(t *testing.T) {
+	e := newTestEnv(t)
+	admin := e.cachedAdmin()
+	bad := []string{"read:orders:x write:orders:7 admin:revoke:*", "read:orders:x\r\nX-Injected: 1", "read:orders:a:b", `read:orders:"x"`}
+	for _, s := range bad {
+		want := "invalid scope format: use action:resource:identifier: " + scopemap.CheckScope(s).Error()
+		before := e.auditSeq()
+		lt := e.mkLaunch(map[string]any{"allowed_scope": []string{"read:orders:*"}, "single_use": true})
+		reg := e.registration(lt, s)
+		requireProblem(t, e.do("POST", "/v1/register", "", reg), 400, "invalid_request", want)
+		requireProblem(t, e.do("POST", "/v1/admin/launch-tokens", admin, map[string]any{"agent_name": "a", "allowed_scope": []string{s}}),
+			400, "invalid_request", want)
+		requireProblem(t, e.do("POST", "/v1/admin/apps", admin, map[string]any{"name": "app-x", "scopes": []string{s}}),
+			400, "invalid_request", want)
+		_, tok := e.mkAgent(0, "read:orders:*")
+		requireProblem(t, e.do("POST", "/v1/delegate", tok, map[string]any{"delegate_to": "spiffe://agentwrit.local/agent/o/t/0", "scope": []string{s}}),
+			400, "invalid_request", want)
+		// Nothing was consumed: the same launch token and nonce still register.
+		reg["requested_scope"] = []string{"read:orders:1"}
+		require.Equal(t, http.StatusOK, e.do("POST", "/v1/register", "", reg).Code, "launch token and nonce intact")
+		require.Positive(t, e.auditSeq()-before)
+		require.Empty(t, e.events(EventLaunchTokenDenied))
+	}
+	app := e.createApp("grammar", []string{"read:orders:*"})
+	requireProblem(t, e.do("PUT", "/v1/admin/apps/"+app.ID, admin, map[string]any{"scopes": []string{bad[0]}}),
+		400, "invalid_request", "invalid scope format: use action:resource:identifier: "+scopemap.CheckScope(bad[0]).Error())
+
+	// A token carrying such a scope, signed with the broker's own key.
+	now := e.broker.now().Unix()
+	forged := e.forge(e.ourHeader(), strings.Replace(payloadAt(now, ""), `"scope":["read:data:x"]`, `"scope":["read:orders:x write:orders:7"]`, 1))
+	_, err := e.broker.Verify(context.Background(), forged)
+	require.ErrorIs(t, err, ErrMalformedToken)
+	require.Equal(t, false, decode(t, e.do("POST", "/v1/token/validate", "", map[string]string{"token": forged}))["valid"])
+	requireProblem(t, e.do("POST", "/v1/token/renew", forged, nil), 401, "unauthorized", "token verification failed")
 }

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
 )
 
 // fuzzKey is a fixed signing key so tokens, and therefore the corpus built
@@ -285,6 +287,59 @@ func FuzzDecodeRequests(f *testing.F) {
 		}
 		if rec.Code >= 400 && rec.Header().Get("Content-Type") != "application/problem+json" {
 			t.Fatalf("%s %s: error without problem+json", r.method, r.path)
+		}
+	})
+}
+
+// FuzzScopeEntryPoints: every route that takes scopes accepts exactly the
+// scopes scopemap.CheckScope accepts, and refuses the rest with a 400
+// naming the scope before anything else can happen; an accepted scope
+// never holds whitespace or a control byte.
+//
+//	go test -run='^$' -fuzz=FuzzScopeEntryPoints -fuzztime=60s ./broker/
+func FuzzScopeEntryPoints(f *testing.F) {
+	b := fuzzBroker(f, f.TempDir())
+	admin, _, err := b.issue(Claims{Sub: "admin", Scope: adminScopes}, 86400)
+	if err != nil {
+		f.Fatal(err)
+	}
+	agent, _, err := b.issue(Claims{Sub: "spiffe://agentwrit.local/agent/o/t/0123456789abcdef", Scope: []string{"read:data:*"}, TaskID: "t", OrchID: "o"}, 86400)
+	if err != nil {
+		f.Fatal(err)
+	}
+	rec := serve(b, "POST", "/v1/admin/launch-tokens", admin, []byte(`{"agent_name":"a","allowed_scope":["read:data:*"],"single_use":false,"ttl":86400}`))
+	var lt LaunchTokenResponse
+	if err := json.Unmarshal(rec.Body.Bytes(), &lt); err != nil || rec.Code != http.StatusCreated {
+		f.Fatal(rec.Code, rec.Body.String())
+	}
+	for _, s := range []string{"read:data:x", "read:data:*", "*:*:*", "a:b:c d", "a:b:c:d", "a:b", "", "a:b:\x00", "a:b:é", `a:b:"`, "a:b:\\"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		valid := scopemap.CheckScope(s) == nil
+		if valid && strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r == 0x7f || r > '~' }) {
+			t.Fatalf("grammar accepted %q", s)
+		}
+		list, err := json.Marshal([]string{s})
+		if err != nil {
+			return // not valid UTF-8 for JSON; the entry points never see it as such
+		}
+		// Each request is built so that a valid scope fails on a later,
+		// side-effect-free check, and an invalid one must fail first.
+		for _, c := range []struct {
+			method, path, bearer, body string
+		}{
+			{"POST", "/v1/admin/launch-tokens", admin, `{"agent_name":"","allowed_scope":` + string(list) + `}`},
+			{"POST", "/v1/admin/apps", admin, `{"name":"fuzz","scopes":` + string(list) + `,"token_ttl":100000}`},
+			{"PUT", "/v1/admin/apps/app-none", admin, `{"scopes":` + string(list) + `,"token_ttl":1}`},
+			{"POST", "/v1/delegate", agent, `{"delegate_to":"spiffe://agentwrit.local/agent/o/t/none","scope":` + string(list) + `}`},
+			{"POST", "/v1/register", "", `{"launch_token":"` + lt.LaunchToken + `","nonce":"n","public_key":"k","signature":"s","orch_id":"o","task_id":"t","requested_scope":` + string(list) + `}`},
+		} {
+			rec := serve(b, c.method, c.path, c.bearer, []byte(c.body))
+			refused := rec.Code == http.StatusBadRequest && strings.Contains(rec.Body.String(), "invalid scope format")
+			if refused == valid {
+				t.Fatalf("%s %s with scope %q: %d %s (grammar says valid=%t)", c.method, c.path, s, rec.Code, rec.Body.String(), valid)
+			}
 		}
 	})
 }

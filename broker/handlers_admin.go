@@ -71,6 +71,9 @@ func (b *Broker) handleLaunchToken(w http.ResponseWriter, r *http.Request) {
 		badJSON(w, r)
 		return
 	}
+	if scopesRefused(w, r, req.AllowedScope) {
+		return
+	}
 	ctx := r.Context()
 	appID, isApp := strings.CutPrefix(c.Sub, "app:")
 	if r.URL.Path == "/v1/app/launch-tokens" && !isApp {

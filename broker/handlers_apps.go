@@ -15,12 +15,15 @@ func invalidTTL(w http.ResponseWriter, r *http.Request, ttl int64) {
 		fmt.Sprintf("invalid token TTL: must be between %d and %d seconds, got %d", minAppTokenTTL, maxAppTokenTTL, ttl))
 }
 
-func allValidScopes(scopes []string) bool {
-	for _, s := range scopes {
-		if !scopemap.Valid(s) {
-			return false
-		}
+// scopesRefused answers 400 naming the first scope of list outside the
+// scope grammar, and reports whether it did. Every route that takes scopes
+// calls it before it changes anything.
+func scopesRefused(w http.ResponseWriter, r *http.Request, list []string) bool {
+	err := scopemap.CheckScopes(list)
+	if err == nil {
+		return false
 	}
+	WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "invalid scope format: use action:resource:identifier: "+err.Error())
 	return true
 }
 
@@ -43,8 +46,7 @@ func (b *Broker) handleCreateApp(w http.ResponseWriter, r *http.Request) {
 	case len(req.Name) > 64 || !appNameRE.MatchString(req.Name):
 		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "invalid app name: must be lowercase letters, digits, and hyphens")
 		return
-	case !allValidScopes(req.Scopes):
-		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "invalid scope format: use action:resource:identifier")
+	case scopesRefused(w, r, req.Scopes):
 		return
 	case req.TokenTTL != nil && (*req.TokenTTL < minAppTokenTTL || *req.TokenTTL > maxAppTokenTTL):
 		invalidTTL(w, r, *req.TokenTTL)
@@ -131,8 +133,7 @@ func (b *Broker) handleUpdateApp(w http.ResponseWriter, r *http.Request) {
 	case req.Scopes == nil && req.TokenTTL == nil:
 		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "at least one of scopes or token_ttl must be provided")
 		return
-	case !allValidScopes(req.Scopes):
-		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "invalid scope format: use action:resource:identifier")
+	case scopesRefused(w, r, req.Scopes):
 		return
 	}
 	// Upstream's error order: with scopes, an unknown app is reported before

@@ -51,6 +51,9 @@ func (b *Broker) handleDelegate(w http.ResponseWriter, r *http.Request) {
 		WriteProblem(w, r, http.StatusBadRequest, ErrTypeInvalidRequest, "delegate_to and scope are required")
 		return
 	}
+	if scopesRefused(w, r, req.Scope) {
+		return
+	}
 	if !strings.HasPrefix(c.Sub, "spiffe://") { // D4
 		WriteProblem(w, r, http.StatusForbidden, ErrTypeScopeViolation, "only agent tokens may delegate")
 		return

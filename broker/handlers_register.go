@@ -48,6 +48,10 @@ func (b *Broker) handleRegister(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusBadRequest, ErrTypeInvalidRequest, "missing required field: requested_scope")
 		return
 	}
+	if scopesRefused(w, r, req.RequestedScope) {
+		b.obs.Registration(false)
+		return
+	}
 	if !validSegment(req.OrchID) || !validSegment(req.TaskID) {
 		fail(http.StatusBadRequest, ErrTypeInvalidRequest, "orch_id and task_id must use only [A-Za-z0-9._-] and must not be . or ..")
 		return

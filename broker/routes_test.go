@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
 )
 
 // Per-route contract tests (agentwrit-api.md §10): success bodies with their
@@ -444,9 +446,9 @@ func TestRoute_Delegate_DepthAndErrors(t *testing.T) {
 	requireProblem(t, e.do("POST", "/v1/delegate", dtok, map[string]any{"delegate_to": ids[2], "scope": []string{"write:data:x"}}),
 		403, "scope_violation", "delegated scope exceeds delegator scope")
 	require.Equal(t, 1, e.lastEvent(EventDelegationAttenuation).DelegDepth)
-	// A malformed requested scope is never covered.
+	// D15: a malformed requested scope is a 400 naming it (upstream: 403).
 	requireProblem(t, e.do("POST", "/v1/delegate", toks[1], map[string]any{"delegate_to": ids[2], "scope": []string{"bogus"}}),
-		403, "scope_violation", "delegated scope exceeds delegator scope")
+		400, "invalid_request", `invalid scope format: use action:resource:identifier: invalid scope "bogus": no ':', want action:resource:identifier`)
 
 	requireProblem(t, e.do("POST", "/v1/delegate", toks[1], map[string]any{"delegate_to": "spiffe://agentwrit.local/agent/o/t/ffffffffffffffff", "scope": []string{"read:data:x"}}),
 		404, "not_found", "delegate agent not found")
@@ -716,16 +718,16 @@ func TestRoute_AdminLaunchTokens(t *testing.T) {
 	e := newTestEnv(t, withClock(clk))
 	admin := e.adminToken()
 
-	rec := e.do("POST", "/v1/admin/launch-tokens", admin, map[string]any{"agent_name": "bot", "allowed_scope": []string{"bogus", "read:data:*"}})
+	rec := e.do("POST", "/v1/admin/launch-tokens", admin, map[string]any{"agent_name": "bot", "allowed_scope": []string{"*:*:*", "read:data:*"}})
 	require.Equal(t, http.StatusCreated, rec.Code, rec.Body.String())
 	require.Equal(t, []string{"launch_token", "expires_at", "policy"}, jsonKeys(t, rec.Body.Bytes()))
 	require.Equal(t, []string{"allowed_scope", "max_ttl"}, jsonKeys(t, rawField(t, rec.Body.Bytes(), "policy")), "no single_use")
 	m := decode(t, rec)
 	require.Regexp(t, hex64, m["launch_token"])
 	require.Equal(t, clk.Now().Add(30*time.Second).UTC().Truncate(time.Second).Format(time.RFC3339), m["expires_at"])
-	require.Equal(t, map[string]any{"allowed_scope": []any{"bogus", "read:data:*"}, "max_ttl": float64(300)}, m["policy"])
+	require.Equal(t, map[string]any{"allowed_scope": []any{"*:*:*", "read:data:*"}, "max_ttl": float64(300)}, m["policy"])
 	ev := e.lastEvent(EventLaunchTokenIssued)
-	require.Equal(t, "launch token issued for agent=bot scope=[bogus read:data:*] max_ttl=300 created_by=admin", ev.Detail)
+	require.Equal(t, "launch token issued for agent=bot scope=[*:*:* read:data:*] max_ttl=300 created_by=admin", ev.Detail)
 	require.Equal(t, OutcomeSuccess, ev.Outcome)
 	require.Empty(t, ev.AgentID)
 
@@ -904,7 +906,8 @@ func TestRoute_Apps(t *testing.T) {
 	requireProblem(t, put(nil), 400, "invalid_request", "malformed JSON body")
 	requireProblem(t, put(map[string]any{}), 400, "invalid_request", "at least one of scopes or token_ttl must be provided")
 	requireProblem(t, put(map[string]any{"scopes": []string{}}), 400, "invalid_request", "at least one of scopes or token_ttl must be provided")
-	requireProblem(t, put(map[string]any{"scopes": []string{"read:data"}}), 400, "invalid_request", "invalid scope format: use action:resource:identifier")
+	requireProblem(t, put(map[string]any{"scopes": []string{"read:data"}}), 400, "invalid_request",
+		`invalid scope format: use action:resource:identifier: invalid scope "read:data": only one ':', want action:resource:identifier`)
 	for _, ttl := range []int{0, -1, 59, 86401} {
 		requireProblem(t, put(map[string]any{"token_ttl": ttl}), 400, "invalid_ttl",
 			fmt.Sprintf("invalid token TTL: must be between 60 and 86400 seconds, got %d", ttl))
@@ -965,8 +968,10 @@ func TestRoute_CreateApp_Errors(t *testing.T) {
 	for _, n := range []string{"a", "A1", "1ab", "ab-", "-ab", "a--b", "ab_c", "ab c", strings.Repeat("a", 65)} {
 		requireProblem(t, post(map[string]any{"name": n, "scopes": []string{"bad"}, "token_ttl": 100000}), 400, "invalid_request", badName)
 	}
-	for _, s := range []string{"a:b", "a::c", ":b:c", "a:b:", "abc"} {
-		requireProblem(t, post(map[string]any{"name": "ok", "scopes": []string{"a:b:c", s}, "token_ttl": 100000}), 400, "invalid_request", badScope)
+	// D15: the detail names the offending scope and what is wrong with it.
+	for _, s := range []string{"a:b", "a::c", ":b:c", "a:b:", "abc", "a:b:c:d", "a:b:c d", "a:b:\u00e9"} {
+		requireProblem(t, post(map[string]any{"name": "ok", "scopes": []string{"a:b:c", s}, "token_ttl": 100000}), 400, "invalid_request",
+			badScope+": "+scopemap.CheckScope(s).Error())
 	}
 	requireProblem(t, post(map[string]any{"name": "ok", "scopes": []string{"a:b:c"}, "token_ttl": 59}), 400, "invalid_ttl", ttlMsg(59))
 	requireProblem(t, post(map[string]any{"name": "ok", "scopes": []string{"a:b:c"}, "token_ttl": 86401}), 400, "invalid_ttl", ttlMsg(86401))
