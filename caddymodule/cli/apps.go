@@ -30,10 +30,12 @@ token (the default) registers one agent.
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			name, _ := cmd.Flags().GetString("agent-name")
-			scopes, _ := cmd.Flags().GetStringSlice("scope")
+			scopes, err := scopesFlag(cmd)
+			if err != nil {
+				return err
+			}
 			singleUse, _ := cmd.Flags().GetBool("single-use")
-			req := broker.LaunchTokenRequest{AgentName: name, AllowedScope: splitList(scopes), SingleUse: &singleUse}
-			var err error
+			req := broker.LaunchTokenRequest{AgentName: name, AllowedScope: scopes, SingleUse: &singleUse}
 			if req.MaxTTL, _, err = secondsFlag(cmd, "max-ttl"); err != nil {
 				return err
 			}
@@ -88,8 +90,11 @@ keeps only its hash.
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			name, _ := cmd.Flags().GetString("name")
-			scopes, _ := cmd.Flags().GetStringSlice("scope")
-			req := broker.AppRequest{Name: name, Scopes: splitList(scopes)}
+			scopes, err := scopesFlag(cmd)
+			if err != nil {
+				return err
+			}
+			req := broker.AppRequest{Name: name, Scopes: scopes}
 			ttl, ok, err := secondsFlag(cmd, "token-ttl")
 			if err != nil {
 				return err
@@ -184,9 +189,11 @@ keeps only its hash.
 		Short: "Changes an app's scope ceiling or token lifetime",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var req broker.AppRequest
-			scopes, _ := cmd.Flags().GetStringSlice("scope")
-			req.Scopes = splitList(scopes)
+			scopes, err := scopesFlag(cmd)
+			if err != nil {
+				return err
+			}
+			req := broker.AppRequest{Scopes: scopes}
 			ttl, ok, err := secondsFlag(cmd, "token-ttl")
 			if err != nil {
 				return err

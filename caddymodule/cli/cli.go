@@ -25,6 +25,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker/client"
+	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
 )
 
 // Environment variables the `caddy agentwrit` commands read when the
@@ -233,6 +234,18 @@ func splitList(vals []string) []string {
 		}
 	}
 	return out
+}
+
+// scopesFlag returns the --scope values (repeatable, comma lists), each
+// checked against the broker's scope grammar, so a value no registration
+// could ever use is refused here instead of sent.
+func scopesFlag(cmd *cobra.Command) ([]string, error) {
+	vals, _ := cmd.Flags().GetStringSlice("scope")
+	list := splitList(vals)
+	if err := scopemap.CheckScopes(list); err != nil {
+		return nil, fmt.Errorf("--scope: %w", err)
+	}
+	return list, nil
 }
 
 // parseSeconds reads a lifetime flag: whole seconds ("300") or a Caddy

@@ -537,13 +537,20 @@ func TestCommandRoutes(t *testing.T) {
 	require.Regexp(t, `(?m)^\s+result:\s+unmapped$`, r.Stdout)
 	require.Contains(t, r.Stdout, "unmapped authenticated: any valid token")
 
-	r = routes("post", "/transfer/a%20b/c?x=1", "--json")
+	r = routes("post", "/transfer/a%2Bb/c?x=1", "--json")
 	requireOK(t, r)
 	var xs []routeExplanation
 	require.NoError(t, json.Unmarshal([]byte(r.Stdout), &xs))
 	require.Len(t, xs, 2)
 	require.Equal(t, "require", xs[0].Result)
-	require.Equal(t, []string{"read:acct:a b", "write:acct:c"}, xs[0].Required)
+	require.Equal(t, []string{"read:acct:a+b", "write:acct:c"}, xs[0].Required)
+
+	// A value outside the scope grammar (here a space) can form no scope.
+	r = routes("post", "/transfer/a%20b/c", "--json")
+	requireOK(t, r)
+	require.NoError(t, json.Unmarshal([]byte(r.Stdout), &xs))
+	require.Equal(t, "bad_value", xs[0].Result)
+	require.Contains(t, xs[0].Detail, "403 Forbidden")
 
 	r = routes("GET", "/healthz", "--json")
 	requireOK(t, r)
@@ -596,4 +603,24 @@ func TestCommandErrorsWithoutProblem(t *testing.T) {
 	defer srv.Close()
 	r := runCmd(t, "", "audit", "--broker", srv.URL, "--admin-secret", "x")
 	require.ErrorContains(t, r.Err, `POST /v1/admin/auth: 502 Bad Gateway: "upstream down"`)
+}
+
+// TestCommandRefusesBadScopes: a scope no registration could use is
+// refused before anything is sent (the broker here would fail the test if
+// it were asked).
+func TestCommandRefusesBadScopes(t *testing.T) {
+	asked := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Errorf("the broker was asked: %s %s", r.Method, r.URL.Path)
+	}))
+	defer asked.Close()
+	for _, args := range [][]string{
+		{"launch-token", "--agent-name", "a", "--scope", "S"},
+		{"launch-token", "--agent-name", "a", "--scope", "read:orders:1 write:orders:2"},
+		{"app", "register", "--name", "x", "--scope", "read:orders"},
+		{"app", "update", "app-x", "--scope", "read:orders:a:b"},
+		{"register", "--launch-token", "lt", "--orch-id", "o", "--task-id", "t", "--scope", `read:orders:"1"`},
+	} {
+		r := runCmd(t, "", append(args, "--broker", asked.URL, "--admin-secret", "x")...)
+		require.ErrorContains(t, r.Err, "--scope: invalid scope", args)
+	}
 }

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -234,29 +233,28 @@ func explain(h foundHandler, method, rawPath string) routeExplanation {
 		return x
 	}
 	x.Rules = nil
-	if err := scopemap.CheckCanonical(rawPath); err != nil {
-		x.Result, x.Detail = "not_canonical", "400 Bad Request: "+err.Error()
-		return x
-	}
 	// Placeholders are request-time values; show them as written.
 	keep := func(name string) (string, bool) { return "{" + name + "}", true }
-	match, ok, err := m.Lookup(method, rawPath, keep)
-	if match.Rule != nil {
-		x.Rule = match.Rule.String()
+	d := m.Decide(method, rawPath, keep)
+	x.Result = d.Outcome.String()
+	if d.Rule != nil {
+		x.Rule = d.Rule.String()
 	}
-	switch {
-	case errors.Is(err, scopemap.ErrBadValue):
-		x.Result, x.Detail = "bad_value", "403 Forbidden: "+err.Error()
-	case err != nil:
-		x.Result, x.Detail = "not_canonical", "400 Bad Request: "+err.Error()
-	case !ok && x.Unmapped == "authenticated":
-		x.Result, x.Detail = "unmapped", "no rule maps it; unmapped authenticated: any valid token"
-	case !ok:
-		x.Result, x.Detail = "unmapped", "no rule maps it; unmapped deny: 403 route_not_mapped"
-	case match.Public:
-		x.Result, x.Detail = "public", "no token needed"
-	default:
-		x.Result, x.Required = "require", match.Required
+	switch d.Outcome {
+	case scopemap.NotCanonical:
+		x.Detail = "400 Bad Request: " + d.Err.Error()
+	case scopemap.BadValue:
+		x.Detail = "403 Forbidden: " + d.Err.Error()
+	case scopemap.Unmapped:
+		if x.Unmapped == "authenticated" {
+			x.Detail = "no rule maps it; unmapped authenticated: any valid token"
+		} else {
+			x.Detail = "no rule maps it; unmapped deny: 403 route_not_mapped"
+		}
+	case scopemap.Public:
+		x.Detail = "no token needed"
+	case scopemap.Require:
+		x.Required = d.Required
 	}
 	return x
 }

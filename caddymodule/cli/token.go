@@ -271,7 +271,10 @@ func runRegister(cmd *cobra.Command, _ []string) error {
 	}
 	orch, _ := cmd.Flags().GetString("orch-id")
 	task, _ := cmd.Flags().GetString("task-id")
-	scopes, _ := cmd.Flags().GetStringSlice("scope")
+	scopes, err := scopesFlag(cmd)
+	if err != nil {
+		return err
+	}
 	opts := []client.RegisterOption{client.WithOrchID(orch), client.WithTaskID(task)}
 	if keyFile, _ := cmd.Flags().GetString("key-file"); keyFile != "" {
 		key, err := broker.LoadKeyFile(keyFile)
@@ -284,7 +287,7 @@ func runRegister(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	a, err := c.Register(cmd.Context(), lt, splitList(scopes), opts...)
+	a, err := c.Register(cmd.Context(), lt, scopes, opts...)
 	if err != nil {
 		return err
 	}
