@@ -618,7 +618,7 @@ func TestCommandRefusesBadScopes(t *testing.T) {
 		{"launch-token", "--agent-name", "a", "--scope", "read:orders:1 write:orders:2"},
 		{"app", "register", "--name", "x", "--scope", "read:orders"},
 		{"app", "update", "app-x", "--scope", "read:orders:a:b"},
-		{"register", "--launch-token", "lt", "--orch-id", "o", "--task-id", "t", "--scope", `read:orders:"1"`},
+		{"register", "--launch-token", "lt", "--orch-id", "o", "--task-id", "t", "--scope", `read:orders:a\b`},
 	} {
 		r := runCmd(t, "", append(args, "--broker", asked.URL, "--admin-secret", "x")...)
 		require.ErrorContains(t, r.Err, "--scope: invalid scope", args)
