@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -460,4 +461,54 @@ func TestDeparture_D15_ScopeGrammar(t *testing.T) {
 	require.ErrorIs(t, err, ErrMalformedToken)
 	require.Equal(t, false, decode(t, e.do("POST", "/v1/token/validate", "", map[string]string{"token": forged}))["valid"])
 	requireProblem(t, e.do("POST", "/v1/token/renew", forged, nil), 401, "unauthorized", "token verification failed")
+}
+
+// D16: one per-IP limit stands in front of every credential check, so
+// random client IDs (each a fresh bucket of upstream's per-client_id
+// limiter, each a bcrypt) get 429 like repeated ones, and admin and app
+// guesses share it.
+func TestDeparture_D16_CredentialLimitPerClientIP(t *testing.T) {
+	clk := newTestClock()
+	e := newTestEnv(t, withClock(clk))
+	send := func(path, remote, body string) int {
+		req := newRequest("POST", path, body)
+		req.RemoteAddr = remote
+		return e.doReq(req).Code
+	}
+	for i := range 8 {
+		require.Equal(t, http.StatusUnauthorized, send("/v1/app/auth", "192.0.2.9:1", fmt.Sprintf(`{"client_id":"x-%012d","client_secret":"s"}`, i)))
+	}
+	require.Equal(t, http.StatusUnauthorized, send("/v1/admin/auth", "192.0.2.9:1", `{"secret":"wrong"}`))
+	require.Equal(t, http.StatusUnauthorized, send("/v1/app/auth", "192.0.2.9:1", `{"client_id":"fresh","client_secret":"s"}`))
+	require.Equal(t, http.StatusTooManyRequests, send("/v1/app/auth", "192.0.2.9:1", `{"client_id":"fresher","client_secret":"s"}`))
+	require.Equal(t, http.StatusTooManyRequests, send("/v1/admin/auth", "192.0.2.9:1", `{"secret":"`+testAdminSecret+`"}`))
+	require.Equal(t, http.StatusOK, send("/v1/admin/auth", "192.0.2.10:1", `{"secret":"`+testAdminSecret+`"}`), "another client is unaffected")
+	clk.Advance(500 * time.Millisecond)
+	require.Equal(t, http.StatusOK, send("/v1/admin/auth", "192.0.2.9:1", `{"secret":"`+testAdminSecret+`"}`), "2 per second")
+}
+
+// D17: challenges are limited per client IP (100 at once, 20/s after), so
+// one client cannot flush the bounded nonce store and evict another
+// client's nonce.
+func TestDeparture_D17_ChallengeLimitPerClientIP(t *testing.T) {
+	clk := newTestClock()
+	e := newTestEnv(t, withClock(clk))
+	challenge := func(remote string) *httptest.ResponseRecorder {
+		req := newRequest("GET", "/v1/challenge", "")
+		req.RemoteAddr = remote
+		return e.doReq(req)
+	}
+	victim := decode(t, challenge("192.0.2.20:1"))["nonce"].(string)
+	for range 100 {
+		require.Equal(t, http.StatusOK, challenge("192.0.2.21:1").Code)
+	}
+	rec := challenge("192.0.2.21:1")
+	requireProblem(t, rec, http.StatusTooManyRequests, "rate_limited", "rate limit exceeded, try again later")
+	require.Equal(t, "1", rec.Header().Get("Retry-After"))
+	clk.Advance(time.Second)
+	for range 20 {
+		require.Equal(t, http.StatusOK, challenge("192.0.2.21:1").Code)
+	}
+	require.Equal(t, http.StatusTooManyRequests, challenge("192.0.2.21:1").Code)
+	require.NoError(t, e.store.nonces.ConsumeNonce(context.Background(), victim, clk.Now()), "the other client's nonce survived")
 }

@@ -36,7 +36,7 @@ func (b *Broker) routes() http.Handler {
 			known.HandleFunc(path, http.NotFound)
 		}
 	}
-	handle("GET", "/v1/challenge", b.handleChallenge)
+	handle("GET", "/v1/challenge", b.limited(b.limits.challenge, b.clientIP, b.handleChallenge))
 	handle("GET", "/v1/health", b.handleHealth)
 	handle("GET", "/v1/metrics", b.handleMetrics)
 	handle("POST", "/v1/token/validate", b.handleValidate)
@@ -46,7 +46,7 @@ func (b *Broker) routes() http.Handler {
 	handle("POST", "/v1/token/release", b.bearer("", b.handleRelease))
 	handle("POST", "/v1/revoke", b.bearer("admin:revoke:*", b.handleRevoke))
 	handle("GET", "/v1/audit/events", b.bearer("admin:audit:*", b.handleAuditEvents))
-	handle("POST", "/v1/admin/auth", b.limited(b.limits.admin, b.clientIP, b.handleAdminAuth))
+	handle("POST", "/v1/admin/auth", b.limited(b.limits.credential, b.clientIP, b.handleAdminAuth))
 	handle("POST", "/v1/admin/launch-tokens", b.bearer("admin:launch-tokens:*", b.handleLaunchToken))
 	handle("POST", "/v1/app/launch-tokens", b.bearer("app:launch-tokens:*", b.handleLaunchToken))
 	handle("POST", "/v1/admin/apps", b.bearer("admin:launch-tokens:*", b.handleCreateApp))
@@ -54,7 +54,8 @@ func (b *Broker) routes() http.Handler {
 	handle("GET", "/v1/admin/apps/{id}", b.bearer("admin:launch-tokens:*", b.handleGetApp))
 	handle("PUT", "/v1/admin/apps/{id}", b.bearer("admin:launch-tokens:*", b.handleUpdateApp))
 	handle("DELETE", "/v1/admin/apps/{id}", b.bearer("admin:launch-tokens:*", b.handleDeleteApp))
-	handle("POST", "/v1/app/auth", b.limited(b.limits.app, appAuthKey(b.clientIP), b.handleAppAuth))
+	handle("POST", "/v1/app/auth", b.limited(b.limits.credential, b.clientIP,
+		b.limited(b.limits.app, appAuthKey(b.clientIP), b.handleAppAuth)))
 	handle("GET", "/.well-known/jwks.json", b.handleJWKS)
 
 	route := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -7,10 +7,23 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Upstream's limits (§11).
+// The rate limits. appAuthLimit is upstream's; the others are this
+// product's (docs/compatibility.md, D16 and D17).
 var (
-	adminAuthLimit = limitSpec{rate: 5, burst: 10, retryAfter: "1"}
-	appAuthLimit   = limitSpec{rate: rate.Limit(10.0 / 60.0), burst: 3, retryAfter: "60"}
+	// credentialLimit is per client IP, in front of every credential check
+	// (admin and app auth share it): a bcrypt at cost 12 takes about a
+	// quarter of a CPU second here, so one client can make the broker
+	// spend at most about half a CPU second per second on its guesses,
+	// after a burst of ten. Upstream limited admin auth to 5/s per IP and
+	// app auth only per client_id, which random client IDs walked around.
+	credentialLimit = limitSpec{rate: 2, burst: 10, retryAfter: "1"}
+	// appAuthLimit is upstream's per client_id limit, kept behind the IP
+	// limit.
+	appAuthLimit = limitSpec{rate: rate.Limit(10.0 / 60.0), burst: 3, retryAfter: "60"}
+	// challengeLimit is per client IP: generous for agents (an
+	// orchestrator starting a hundred at once), but no client can fetch
+	// nonces fast enough to push another's out of the bounded store.
+	challengeLimit = limitSpec{rate: 20, burst: 100, retryAfter: "1"}
 )
 
 type limitSpec struct {
@@ -68,12 +81,17 @@ func (l *keyedLimiter) forgetIdleLocked(now time.Time) {
 }
 
 type limiters struct {
-	admin, app *keyedLimiter
+	credential, app, challenge *keyedLimiter
+}
+
+func newLimiter(spec limitSpec) *keyedLimiter {
+	return &keyedLimiter{spec: spec, buckets: map[string]*bucket{}}
 }
 
 func newLimiters() *limiters {
 	return &limiters{
-		admin: &keyedLimiter{spec: adminAuthLimit, buckets: map[string]*bucket{}},
-		app:   &keyedLimiter{spec: appAuthLimit, buckets: map[string]*bucket{}},
+		credential: newLimiter(credentialLimit),
+		app:        newLimiter(appAuthLimit),
+		challenge:  newLimiter(challengeLimit),
 	}
 }
