@@ -512,3 +512,49 @@ func TestDeparture_D17_ChallengeLimitPerClientIP(t *testing.T) {
 	require.Equal(t, http.StatusTooManyRequests, challenge("192.0.2.21:1").Code)
 	require.NoError(t, e.store.nonces.ConsumeNonce(context.Background(), victim, clk.Now()), "the other client's nonce survived")
 }
+
+// D18: denials of callers without a valid token are folded: the first per
+// (event type, reason, rule) per minute is written at once, the rest are
+// one summary with their count. A verified agent's denials stay one event
+// each. Request text in a denial is capped at 256 bytes, marked as cut.
+func TestDeparture_D18_AnonymousDenialsFolded(t *testing.T) {
+	clk := newTestClock()
+	e := newTestEnv(t, withClock(clk))
+	e.store.denials.now = clk.Now
+	before := e.auditSeq()
+	long := "GET /" + strings.Repeat("a", 16<<10)
+	for range 2000 {
+		e.broker.RecordDenial(context.Background(), Denial{EventType: EventTokenAuthFailed, Resource: long,
+			Reason: "missing_token", Rule: "require GET /{p...} read:x:*", Detail: "missing_token"})
+	}
+	e.broker.RecordDenial(context.Background(), Denial{EventType: EventTokenAuthFailed, Resource: "GET /b", Reason: "invalid_token", Detail: "invalid_token"})
+	require.Equal(t, before+2, e.auditSeq(), "the first of each group only")
+	first := e.lastEvent(EventTokenAuthFailed)
+	require.Equal(t, "invalid_token", first.Detail)
+	evs := e.events(EventTokenAuthFailed)
+	require.Len(t, evs[len(evs)-2].Resource, 256)
+	require.True(t, strings.HasSuffix(evs[len(evs)-2].Resource, " [cut]"))
+
+	clk.Advance(30 * time.Second)
+	e.store.denials.flush(false)
+	require.Equal(t, before+2, e.auditSeq(), "nothing until the minute is over")
+	clk.Advance(31 * time.Second)
+	e.store.denials.flush(false)
+	require.Equal(t, before+3, e.auditSeq(), "one summary")
+	sum := e.lastEvent(EventTokenAuthFailed)
+	require.Contains(t, sum.Detail, "missing_token | 1999 more like this between ")
+	require.Contains(t, sum.Detail, "rule=require GET /{p...} read:x:*")
+	require.Equal(t, OutcomeDenied, sum.Outcome)
+
+	// A new minute writes the first again.
+	e.broker.RecordDenial(context.Background(), Denial{EventType: EventTokenAuthFailed, Resource: "GET /c", Reason: "missing_token", Rule: "require GET /{p...} read:x:*"})
+	require.Equal(t, before+4, e.auditSeq())
+
+	// A verified agent's denials are evidence: one event each.
+	c := &Claims{Sub: "spiffe://agentwrit.local/agent/o/t/1", TaskID: "t", OrchID: "o"}
+	for range 3 {
+		e.broker.RecordDenial(context.Background(), Denial{EventType: EventScopeViolation, Claims: c, Resource: "GET /x", Reason: "insufficient_scope"})
+	}
+	require.Equal(t, before+7, e.auditSeq())
+	require.NoError(t, e.verifyAudit())
+}

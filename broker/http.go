@@ -214,8 +214,8 @@ func (b *Broker) bearer(scope string, next http.HandlerFunc) http.HandlerFunc {
 func (b *Broker) authenticate(w http.ResponseWriter, r *http.Request) (*Claims, bool) {
 	path := r.URL.Path
 	fail := func(detail, reason string) (*Claims, bool) {
-		b.audit(r.Context(), Event{
-			EventType: EventTokenAuthFailed, Detail: reason + " | path=" + path, Resource: path, Outcome: OutcomeDenied,
+		b.RecordDenial(r.Context(), Denial{
+			EventType: EventTokenAuthFailed, Detail: reason + " | path=" + path, Resource: path, Reason: detail, Rule: r.Pattern,
 		})
 		WriteProblem(w, r, http.StatusUnauthorized, ErrTypeUnauthorized, detail)
 		return nil, false

@@ -330,6 +330,9 @@ func requireBearerErrors(t *testing.T, e *testEnv, method, path string) {
 	}
 	check := func(auth []string, detail, reason string) {
 		t.Helper()
+		// Anonymous failures fold into one event per reason and route per
+		// minute (D18): start each check on a fresh minute.
+		e.store.denials.flush(true)
 		requireProblem(t, send(auth), 401, "unauthorized", detail)
 		ev := e.lastEvent(EventTokenAuthFailed)
 		require.Equal(t, reason+" | path="+path, ev.Detail)
@@ -342,6 +345,7 @@ func requireBearerErrors(t *testing.T, e *testEnv, method, path string) {
 	check([]string{"bearer x"}, "invalid authorization scheme", "invalid authorization scheme")
 	check([]string{"Bearer"}, "invalid authorization scheme", "invalid authorization scheme")
 	check([]string{"Basic YTpi"}, "invalid authorization scheme", "invalid authorization scheme")
+	e.store.denials.flush(true)
 	requireProblem(t, send([]string{"Bearer not.a.token"}), 401, "unauthorized", "token verification failed")
 	require.True(t, strings.HasPrefix(e.lastEvent(EventTokenAuthFailed).Detail, "token verification failed: "))
 	require.True(t, strings.HasSuffix(e.lastEvent(EventTokenAuthFailed).Detail, " | path="+path))

@@ -55,6 +55,7 @@ type Store struct {
 	revocations *RevocationIndex
 	keys        *keyRing
 	audit       *auditLog
+	denials     *denialLog
 	opt         StoreOptions
 	log         *slog.Logger
 
@@ -91,6 +92,7 @@ func NewStore(ctx context.Context, db Database, o StoreOptions) (*Store, error) 
 		catchUp:     make(chan struct{}, 1),
 		stop:        make(chan struct{}),
 	}
+	s.denials = newDenialLog(s.writeSummary, o.Now)
 	if n, ok := db.(NonceDB); ok {
 		s.nonces = n
 	} else {
@@ -124,6 +126,7 @@ func (s *Store) Close() error {
 	s.once.Do(func() {
 		close(s.stop)
 		s.wg.Wait()
+		s.denials.flush(true)
 		err = s.db.Close()
 	})
 	return err
@@ -255,9 +258,18 @@ func (s *Store) follow() {
 	}
 }
 
+// writeSummary appends a folded-denials summary to the chain.
+func (s *Store) writeSummary(e Event) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := s.audit.append(ctx, e); err != nil {
+		s.log.Error("agentwrit: audit write failed", "event_type", e.EventType, "error", err)
+	}
+}
+
 // Housekeeping intervals and what they keep.
 const (
-	janitorInterval = 30 * time.Second
+	janitorInterval = 10 * time.Second
 	// expiredRetention keeps expired launch tokens and token records a
 	// day, so "expired" stays distinguishable from "not found".
 	expiredRetention = 24 * time.Hour
@@ -274,6 +286,7 @@ func (s *Store) janitor() {
 		case <-s.stop:
 			return
 		case <-t.C:
+			s.denials.flush(false)
 			s.prune(s.opt.Now())
 		}
 	}
