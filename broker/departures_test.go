@@ -558,3 +558,59 @@ func TestDeparture_D18_AnonymousDenialsFolded(t *testing.T) {
 	require.Equal(t, before+7, e.auditSeq())
 	require.NoError(t, e.verifyAudit())
 }
+
+// D19: renewal cannot stretch a delegated token past the tokens it
+// descends from (upstream reissued it for its full lifetime, again and
+// again, after the delegator was dead), and a delegate whose delegator's
+// token was revoked, released or has expired cannot renew at all.
+func TestDeparture_D19_RenewalBoundedByDelegationChain(t *testing.T) {
+	clk := newTestClock()
+	e := newTestEnv(t, withClock(clk))
+	to, _ := e.mkAgent(0, "read:data:x")
+	delegate := func(from string, ttl int) string {
+		rec := e.do("POST", "/v1/delegate", from, map[string]any{"delegate_to": to, "scope": []string{"read:data:x"}, "ttl": ttl})
+		require.Equal(t, http.StatusOK, rec.Code, rec.Body.String())
+		return decode(t, rec)["access_token"].(string)
+	}
+	renew := func(tok string) *httptest.ResponseRecorder { return e.do("POST", "/v1/token/renew", tok, nil) }
+
+	_, root := e.mkAgent(10, "read:data:x")
+	exp := claimsOf(t, root)["exp"].(float64)
+	d := delegate(root, 10)
+	clk.Advance(4 * time.Second)
+	rec := renew(d)
+	require.Equal(t, http.StatusOK, rec.Code, rec.Body.String())
+	require.Equal(t, float64(6), decode(t, rec)["expires_in"], "what the delegator has left, not another 10 s")
+	d = decode(t, rec)["access_token"].(string)
+	require.Equal(t, exp, claimsOf(t, d)["exp"])
+	clk.Advance(3 * time.Second)
+	rec = renew(d)
+	require.Equal(t, float64(3), decode(t, rec)["expires_in"], "renewed again: still bounded")
+	d = decode(t, rec)["access_token"].(string)
+	clk.Advance(3 * time.Second) // the root's last second
+	rec = renew(d)
+	requireProblem(t, rec, http.StatusUnauthorized, "unauthorized", "token renewal failed")
+	require.Contains(t, e.lastEvent(EventTokenRenewalFailed).Detail, "no longer valid")
+
+	// Released, revoked, or renewed away: dead, one hop up or two.
+	for _, c := range []struct {
+		name string
+		hops int
+		kill func(root string)
+	}{
+		{"released", 1, func(root string) { require.Equal(t, http.StatusNoContent, e.do("POST", "/v1/token/release", root, nil).Code) }},
+		{"revoked", 1, func(root string) { require.NoError(t, e.revoke(LevelToken, claimsOf(t, root)["jti"].(string))) }},
+		{"renewed away", 1, func(root string) { require.Equal(t, http.StatusOK, renew(root).Code) }},
+		{"released, two hops up", 2, func(root string) {
+			require.Equal(t, http.StatusNoContent, e.do("POST", "/v1/token/release", root, nil).Code)
+		}},
+	} {
+		_, root := e.mkAgent(600, "read:data:x")
+		d := delegate(root, 300)
+		if c.hops == 2 {
+			d = delegate(d, 300)
+		}
+		c.kill(root)
+		requireProblem(t, renew(d), http.StatusUnauthorized, "unauthorized", "token renewal failed")
+	}
+}
