@@ -598,7 +598,9 @@ func TestDeparture_D19_RenewalBoundedByDelegationChain(t *testing.T) {
 		hops int
 		kill func(root string)
 	}{
-		{"released", 1, func(root string) { require.Equal(t, http.StatusNoContent, e.do("POST", "/v1/token/release", root, nil).Code) }},
+		{"released", 1, func(root string) {
+			require.Equal(t, http.StatusNoContent, e.do("POST", "/v1/token/release", root, nil).Code)
+		}},
 		{"revoked", 1, func(root string) { require.NoError(t, e.revoke(LevelToken, claimsOf(t, root)["jti"].(string))) }},
 		{"renewed away", 1, func(root string) { require.Equal(t, http.StatusOK, renew(root).Code) }},
 		{"released, two hops up", 2, func(root string) {
