@@ -63,9 +63,39 @@ func (b *Broker) routes() http.Handler {
 			WriteProblem(w, r, http.StatusNotFound, ErrTypeNotFound, "no route for "+r.URL.Path)
 			return
 		}
+		if _, p := mux.Handler(r); p == "" {
+			// The mux answers a known path's wrong method (405, with
+			// Allow) or an unclean path (307): keep its status and
+			// headers, but a 405 speaks problem+json (D20).
+			w = &problem405{ResponseWriter: w, r: r}
+		}
 		mux.ServeHTTP(w, r)
 	})
 	return requestID(bodyLimit(securityHeaders(route)))
+}
+
+// problem405 turns the mux's plain-text 405 into problem+json, keeping its
+// Allow header.
+type problem405 struct {
+	http.ResponseWriter
+	r    *http.Request
+	done bool
+}
+
+func (w *problem405) WriteHeader(code int) {
+	if code != http.StatusMethodNotAllowed {
+		w.ResponseWriter.WriteHeader(code)
+		return
+	}
+	w.done = true
+	WriteProblem(w.ResponseWriter, w.r, code, ErrTypeMethodNotAllowed, "method "+w.r.Method+" is not allowed on "+w.r.URL.Path)
+}
+
+func (w *problem405) Write(b []byte) (int, error) {
+	if w.done {
+		return len(b), nil // the mux's text body, replaced
+	}
+	return w.ResponseWriter.Write(b)
 }
 
 // clientIP is the rate limiters' view of the caller (D11).

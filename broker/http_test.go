@@ -160,8 +160,9 @@ func TestBodyLimit(t *testing.T) {
 	requireProblem(t, e.doReq(req), 400, "invalid_request", "failed to read request body")
 }
 
-// TestMethodNotAllowed checks §0: plain-text 405 with Allow, HEAD on GETs,
-// and the 307 for unclean paths.
+// TestMethodNotAllowed: a 405 with upstream's Allow header, but in
+// problem+json (D20; upstream sent plain text), HEAD on GETs, and the 307
+// for unclean paths.
 func TestMethodNotAllowed(t *testing.T) {
 	e := newTestEnv(t)
 	for _, c := range []struct{ method, path, allow string }{
@@ -188,9 +189,9 @@ func TestMethodNotAllowed(t *testing.T) {
 		req := newRequest(c.method, c.path, "")
 		req.Header.Set("X-Request-ID", "rid405")
 		rec := e.doReq(req)
-		require.Equal(t, http.StatusMethodNotAllowed, rec.Code, "%s %s", c.method, c.path)
-		require.Equal(t, "text/plain; charset=utf-8", rec.Header().Get("Content-Type"))
-		require.Equal(t, "Method Not Allowed\n", rec.Body.String())
+		requireProblem(t, rec, http.StatusMethodNotAllowed, "method_not_allowed", "method "+c.method+" is not allowed on "+c.path)
+		require.Equal(t, "Method Not Allowed", decode(t, rec)["title"])
+		require.Equal(t, "rid405", decode(t, rec)["request_id"])
 		require.Equal(t, c.allow, rec.Header().Get("Allow"), "%s %s", c.method, c.path)
 		require.Equal(t, "rid405", rec.Header().Get("X-Request-Id"))
 		requireSecurityHeaders(t, rec)

@@ -15,6 +15,7 @@ const (
 	ErrTypeInsufficientScope = "insufficient_scope"
 	ErrTypeScopeViolation    = "scope_violation"
 	ErrTypeNotFound          = "not_found"
+	ErrTypeMethodNotAllowed  = "method_not_allowed"
 	ErrTypeConflict          = "conflict"
 	ErrTypeRateLimited       = "rate_limited"
 	ErrTypePayloadTooLarge   = "payload_too_large"
