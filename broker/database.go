@@ -127,6 +127,12 @@ type AgentDB interface {
 	Register(ctx context.Context, r *Registration) error
 	// AgentExists reports whether an agent with this SPIFFE ID registered.
 	AgentExists(ctx context.Context, id string) (bool, error)
+	// Agents lists registered agents, newest first, with their live
+	// tokens (unexpired at f.Now and not revoked at any level), and how
+	// many matched before paging.
+	Agents(ctx context.Context, f AgentFilter) ([]AgentView, int, error)
+	// Stats counts what an operator watches, at now.
+	Stats(ctx context.Context, now time.Time) (Stats, error)
 	// SaveToken records an issued token.
 	SaveToken(ctx context.Context, t *TokenRecord) error
 	// Token returns the record of the token with this jti, or ErrNotFound.
@@ -221,6 +227,32 @@ type TokenRecord struct {
 	Root      string // the chain's root delegator, for delegated tokens
 	IssuedAt  time.Time
 	ExpiresAt time.Time
+}
+
+// AgentFilter selects agents; zero fields do not filter.
+type AgentFilter struct {
+	// Query matches agents whose ID contains it.
+	Query                 string
+	TaskID, OrchID, AppID string
+	// Live keeps only agents holding a live token.
+	Live bool
+	// Now is the time liveness is judged at.
+	Now           time.Time
+	Offset, Limit int // Limit ≤ 0: no limit
+}
+
+// AgentView is an agent and its live tokens, newest first.
+type AgentView struct {
+	Agent
+	Tokens []TokenRecord
+}
+
+// Stats are the counts behind the status page and the gauges.
+type Stats struct {
+	Agents      int64 `json:"agents"`      // ever registered
+	LiveAgents  int64 `json:"live_agents"` // holding a live token
+	LiveTokens  int64 `json:"live_tokens"` // unexpired and not revoked
+	Revocations int64 `json:"revocations"` // stored revocations
 }
 
 // AuditHead is the newest link of the chain.

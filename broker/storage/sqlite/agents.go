@@ -132,18 +132,11 @@ func (d *DB) SaveToken(ctx context.Context, t *broker.TokenRecord) error {
 // Token implements broker.AgentDB.
 func (d *DB) Token(ctx context.Context, jti string) (*broker.TokenRecord, error) {
 	var t broker.TokenRecord
-	var scope string
-	var iat, exp int64
-	err := d.db.QueryRowContext(ctx, `SELECT jti, subject, parent, task_id, orch_id, scope, depth, root, issued_at, expires_at
-		FROM tokens WHERE jti = ?`, jti).Scan(&t.JTI, &t.Subject, &t.Parent, &t.TaskID, &t.OrchID, &scope, &t.Depth, &t.Root, &iat, &exp)
+	err := sqlq.ScanToken(d.db.QueryRowContext(ctx, `SELECT `+sqlq.TokenColumns+` FROM tokens t WHERE jti = ?`, jti), &t)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return nil, broker.ErrNotFound
 	case err != nil:
-		return nil, fmt.Errorf("lookup token: %w", err)
-	}
-	t.IssuedAt, t.ExpiresAt = time.Unix(iat, 0).UTC(), time.Unix(exp, 0).UTC()
-	if t.Scope, err = sqlq.ParseList(scope); err != nil {
 		return nil, fmt.Errorf("lookup token: %w", err)
 	}
 	return &t, nil
@@ -153,4 +146,78 @@ func (d *DB) Token(ctx context.Context, jti string) (*broker.TokenRecord, error)
 func (d *DB) PruneTokens(ctx context.Context, before time.Time) error {
 	_, err := d.db.ExecContext(ctx, `DELETE FROM tokens WHERE expires_at < ?`, before.Unix())
 	return err
+}
+
+// Agents implements broker.AgentDB.
+func (d *DB) Agents(ctx context.Context, f broker.AgentFilter) ([]broker.AgentView, int, error) {
+	where, args := sqlq.AgentQuery(f, sqlq.Question)
+	var total int
+	if err := d.db.QueryRowContext(ctx, `SELECT count(*) FROM agents a`+where, args...).Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("list agents: %w", err)
+	}
+	limit := int64(f.Limit)
+	if limit <= 0 {
+		limit = -1
+	}
+	rows, err := d.db.QueryContext(ctx, `SELECT a.agent_id, a.orch_id, a.task_id, a.app_id, a.scope, a.launch_token, a.registered_at
+		FROM agents a`+where+` ORDER BY a.registered_at DESC, a.agent_id LIMIT ? OFFSET ?`, append(args, limit, max(f.Offset, 0))...)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list agents: %w", err)
+	}
+	defer rows.Close()
+	views := []broker.AgentView{}
+	byID := map[string]int{}
+	for rows.Next() {
+		var v broker.AgentView
+		var scope, at string
+		if err := rows.Scan(&v.ID, &v.OrchID, &v.TaskID, &v.AppID, &scope, &v.LaunchToken, &at); err != nil {
+			return nil, 0, fmt.Errorf("list agents: %w", err)
+		}
+		if v.Scope, err = sqlq.ParseList(scope); err != nil {
+			return nil, 0, err
+		}
+		if v.RegisteredAt, err = sqlq.Time(at); err != nil {
+			return nil, 0, err
+		}
+		byID[v.ID] = len(views)
+		views = append(views, v)
+	}
+	if err := rows.Err(); err != nil || len(views) == 0 {
+		return views, total, err
+	}
+	ids := make([]any, 0, len(views)+1)
+	ids = append(ids, f.Now.Unix())
+	for _, v := range views {
+		ids = append(ids, v.ID)
+	}
+	trows, err := d.db.QueryContext(ctx, `SELECT `+sqlq.TokenColumns+` FROM tokens t WHERE `+fmt.Sprintf(sqlq.LiveToken, "?")+
+		` AND t.subject IN (`+sqlq.Params(sqlq.Question, 2, len(views))+`) ORDER BY t.expires_at DESC`, ids...)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list agents' tokens: %w", err)
+	}
+	defer trows.Close()
+	for trows.Next() {
+		var t broker.TokenRecord
+		if err := sqlq.ScanToken(trows, &t); err != nil {
+			return nil, 0, fmt.Errorf("list agents' tokens: %w", err)
+		}
+		v := &views[byID[t.Subject]]
+		v.Tokens = append(v.Tokens, t)
+	}
+	return views, total, trows.Err()
+}
+
+// Stats implements broker.AgentDB.
+func (d *DB) Stats(ctx context.Context, now time.Time) (broker.Stats, error) {
+	var s broker.Stats
+	live := fmt.Sprintf(sqlq.LiveToken, "?")
+	err := d.db.QueryRowContext(ctx, `SELECT
+		(SELECT count(*) FROM agents),
+		(SELECT count(DISTINCT t.subject) FROM tokens t WHERE t.subject LIKE 'spiffe://%' AND `+live+`),
+		(SELECT count(*) FROM tokens t WHERE `+live+`),
+		(SELECT count(*) FROM revocations)`, now.Unix(), now.Unix()).Scan(&s.Agents, &s.LiveAgents, &s.LiveTokens, &s.Revocations)
+	if err != nil {
+		return s, fmt.Errorf("stats: %w", err)
+	}
+	return s, nil
 }

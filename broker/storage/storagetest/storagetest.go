@@ -36,6 +36,7 @@ func Run(t *testing.T, h Harness) {
 		{"LaunchTokens", testLaunchTokens},
 		{"Register", testRegister},
 		{"Tokens", testTokens},
+		{"Agents", testAgents},
 		{"Nonces", testNonces},
 		{"Revocations", testRevocations},
 		{"Watch", testWatch},

@@ -164,3 +164,57 @@ func Time(s string) (time.Time, error) {
 
 // FormatTime renders a time for storage: RFC 3339 with nanoseconds, UTC.
 func FormatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+// LiveToken is the condition that the token row t is live at the time
+// bound to the placeholder %[1]s: unexpired, and revoked at no level
+// (its jti, its subject, its task, the root of its chain). Each test is a
+// lookup on revocations' unique (level, target) index.
+const LiveToken = `t.expires_at >= %[1]s
+	AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.level = 'token' AND r.target = t.jti)
+	AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.level = 'agent' AND r.target = t.subject)
+	AND (t.task_id = '' OR NOT EXISTS (SELECT 1 FROM revocations r WHERE r.level = 'task' AND r.target = t.task_id))
+	AND (t.root = '' OR NOT EXISTS (SELECT 1 FROM revocations r WHERE r.level = 'chain' AND r.target = t.root))`
+
+// TokenColumns are the columns of a token row, in ScanToken's order.
+const TokenColumns = `jti, subject, parent, task_id, orch_id, scope, depth, root, issued_at, expires_at`
+
+// ScanToken reads a row of TokenColumns (times as Unix seconds).
+func ScanToken(row Scanner, t *broker.TokenRecord) error {
+	var scope string
+	var iat, exp int64
+	if err := row.Scan(&t.JTI, &t.Subject, &t.Parent, &t.TaskID, &t.OrchID, &scope, &t.Depth, &t.Root, &iat, &exp); err != nil {
+		return err
+	}
+	t.IssuedAt, t.ExpiresAt = time.Unix(iat, 0).UTC(), time.Unix(exp, 0).UTC()
+	var err error
+	t.Scope, err = ParseList(scope)
+	return err
+}
+
+// AgentQuery builds the WHERE clause (with its leading " WHERE ", or "")
+// of f and its arguments, placeholders from 1.
+func AgentQuery(f broker.AgentFilter, ph Placeholder) (string, []any) {
+	var conds []string
+	var args []any
+	add := func(cond string, v any) {
+		args = append(args, v)
+		conds = append(conds, fmt.Sprintf(cond, ph(len(args))))
+	}
+	if f.Query != "" {
+		// replace() is in both dialects; LIKE would read % and _ in
+		// the query as wildcards.
+		add("replace(a.agent_id, %s, '') <> a.agent_id", f.Query)
+	}
+	for _, c := range []struct{ col, v string }{{"a.task_id", f.TaskID}, {"a.orch_id", f.OrchID}, {"a.app_id", f.AppID}} {
+		if c.v != "" {
+			add(c.col+" = %s", c.v)
+		}
+	}
+	if f.Live {
+		add("EXISTS (SELECT 1 FROM tokens t WHERE t.subject = a.agent_id AND "+LiveToken+")", f.Now.Unix())
+	}
+	if len(conds) == 0 {
+		return "", nil
+	}
+	return " WHERE " + strings.Join(conds, " AND "), args
+}
