@@ -77,9 +77,9 @@ func (e *Event) ComputeHash() string {
 
 // ChainError says where a hash chain first breaks.
 type ChainError struct {
-	Index  int    // position in the verified sequence, from 0
-	ID     string // the event's id
-	Reason string
+	Index  int    `json:"index"` // position in the verified sequence, from 0
+	ID     string `json:"id"`    // the event's id
+	Reason string `json:"reason"`
 }
 
 func (e *ChainError) Error() string {

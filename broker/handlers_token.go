@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -220,6 +221,15 @@ func (b *Broker) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, RevokeResponse{true, req.Level, req.Target, 1})
 }
 
+// seqOf is the chain position of an event ID such as "evt-000042", or 0.
+func seqOf(id string) int64 {
+	n, err := strconv.ParseInt(strings.TrimPrefix(id, "evt-"), 10, 64)
+	if err != nil || n < 0 || !strings.HasPrefix(id, "evt-") {
+		return 0
+	}
+	return n
+}
+
 // Audit paging, as upstream (§10.10).
 const (
 	defaultAuditLimit = 100
@@ -244,6 +254,10 @@ func (b *Broker) handleAuditEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	offset, _ := strconv.Atoi(q.Get("offset"))
 	f.Limit, f.Offset = min(limit, maxAuditLimit), max(offset, 0)
+	// This product's extensions (docs/api.md): newest first, and keyset
+	// paging by event ID that stays fast a million events deep.
+	f.NewestFirst = q.Get("order") == "newest"
+	f.AfterSeq, f.BeforeSeq = seqOf(q.Get("after_id")), seqOf(q.Get("before_id"))
 	events, total, err := b.store.db.QueryAudit(r.Context(), f)
 	if err != nil {
 		b.dbFailed(w, r, "audit_query", err, "failed to query audit events")

@@ -57,6 +57,12 @@ func (b *Broker) routes() http.Handler {
 	handle("POST", "/v1/app/auth", b.limited(b.limits.credential, b.clientIP,
 		b.limited(b.limits.app, appAuthKey(b.clientIP), b.handleAppAuth)))
 	handle("GET", "/.well-known/jwks.json", b.handleJWKS)
+	// This product's operator routes.
+	handle("GET", "/v1/admin/status", b.bearer("admin:audit:*", b.handleStatus))
+	handle("GET", "/v1/admin/keys", b.bearer("admin:audit:*", b.handleKeys))
+	handle("POST", "/v1/admin/keys/rotate", b.bearer("admin:revoke:*", b.handleRotateKey))
+	handle("GET", "/v1/admin/agents", b.bearer("admin:audit:*", b.handleAgents))
+	handle("GET", "/v1/admin/audit/verify", b.bearer("admin:audit:*", b.handleAuditVerify))
 
 	route := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, p := known.Handler(r); p == "" { // D14: unknown path → problem+json, not text

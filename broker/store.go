@@ -140,11 +140,16 @@ func (s *Store) fresh() error {
 	if !s.info.Shared {
 		return nil
 	}
-	age := s.opt.Now().Sub(time.Unix(0, s.synced.Load()))
+	age := s.syncedAgo()
 	if age > s.opt.MaxStaleness {
 		return fmt.Errorf("%w: revocations last synchronized %s ago (bound %s)", ErrUnavailable, age.Round(time.Millisecond), s.opt.MaxStaleness)
 	}
 	return nil
+}
+
+// syncedAgo is the age of the last complete revocation catch-up.
+func (s *Store) syncedAgo() time.Duration {
+	return s.opt.Now().Sub(time.Unix(0, s.synced.Load()))
 }
 
 // revoke records a revocation and makes it effective in this process

@@ -183,3 +183,82 @@ type AppDeregistration struct {
 	Status         string   `json:"status"`
 	DeregisteredAt string   `json:"deregistered_at"`
 }
+
+// The admin API of this product (not upstream's; docs/api.md lists it).
+
+// KeyList is the answer of GET /v1/admin/keys, newest key first.
+type KeyList struct {
+	Keys []KeyInfo `json:"keys"`
+}
+
+// AgentList is the answer of GET /v1/admin/agents.
+type AgentList struct {
+	Agents []AgentInfo `json:"agents"`
+	Total  int         `json:"total"`
+	Offset int         `json:"offset"`
+	Limit  int         `json:"limit"`
+}
+
+// AgentInfo is a registered agent and its live tokens.
+type AgentInfo struct {
+	AgentID      string      `json:"agent_id"`
+	OrchID       string      `json:"orch_id"`
+	TaskID       string      `json:"task_id"`
+	AppID        string      `json:"app_id,omitempty"`
+	Scope        []string    `json:"scope"`
+	RegisteredAt string      `json:"registered_at"`
+	Tokens       []TokenInfo `json:"tokens"`
+}
+
+// TokenInfo is a live token, never the token itself.
+type TokenInfo struct {
+	JTI       string   `json:"jti"`
+	Scope     []string `json:"scope"`
+	TaskID    string   `json:"task_id,omitempty"`
+	IssuedAt  string   `json:"issued_at"`
+	ExpiresAt string   `json:"expires_at"`
+	// Depth, Root and Parent describe a delegated token: hops, the root
+	// delegator (the target of a chain revocation), the delegator's jti.
+	Depth  int    `json:"delegation_depth"`
+	Root   string `json:"chain_root,omitempty"`
+	Parent string `json:"parent_jti,omitempty"`
+}
+
+// AuditVerification is the answer of GET /v1/admin/audit/verify.
+type AuditVerification struct {
+	Intact   bool        `json:"intact"`
+	Verified int64       `json:"verified"`
+	HeadID   string      `json:"head_id,omitempty"`
+	HeadHash string      `json:"head_hash"`
+	Broken   *ChainError `json:"broken,omitempty"`
+}
+
+// Status is the answer of GET /v1/admin/status.
+type Status struct {
+	// Status is "ok", or "degraded" with Problems saying why.
+	Status   string         `json:"status"`
+	Problems []string       `json:"problems,omitempty"`
+	Version  string         `json:"version"`
+	Uptime   int64          `json:"uptime"`
+	Database StatusDatabase `json:"database"`
+	Keys     []KeyInfo      `json:"keys"`
+	Audit    StatusAudit    `json:"audit"`
+	Stats
+}
+
+// StatusDatabase describes the database and, for a fleet, how fresh this
+// replica's revocation index is.
+type StatusDatabase struct {
+	DatabaseInfo
+	Connected bool `json:"connected"`
+	// RevocationsSyncedAgo is the age in seconds of this replica's last
+	// complete revocation catch-up (shared databases only).
+	RevocationsSyncedAgo *float64 `json:"revocations_synced_ago,omitempty"`
+}
+
+// StatusAudit is the chain's length and head.
+type StatusAudit struct {
+	Events   int64  `json:"events"`
+	HeadID   string `json:"head_id,omitempty"`
+	HeadHash string `json:"head_hash"`
+}
