@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
@@ -37,6 +38,8 @@ type Broker struct {
 	started   time.Time
 	limits    *limiters
 	handler   http.Handler
+	done      chan struct{} // closed by Close: ends the revocation feed's streams
+	closeOnce sync.Once
 }
 
 // New configures a broker over store. A plaintext admin secret is hashed
@@ -62,6 +65,7 @@ func New(store *Store, cfg Config) (*Broker, error) {
 		now:       cfg.Now,
 		started:   cfg.Now(),
 		limits:    newLimiters(),
+		done:      make(chan struct{}),
 	}
 	var keys KeySet = store.keys
 	if cfg.SigningKey != nil {
@@ -72,6 +76,11 @@ func New(store *Store, cfg Config) (*Broker, error) {
 	b.handler = b.routes()
 	return b, nil
 }
+
+// Close ends the broker's long-lived responses (revocation feed streams),
+// so the server serving it can shut down; their clients reconnect to
+// whatever serves next. The Store is not closed. Close is idempotent.
+func (b *Broker) Close() { b.closeOnce.Do(func() { close(b.done) }) }
 
 // signer is the key that signs new tokens.
 func (b *Broker) signer() *signer {

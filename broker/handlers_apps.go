@@ -185,7 +185,7 @@ func (b *Broker) handleDeleteApp(w http.ResponseWriter, r *http.Request) {
 		b.dbFailed(w, r, "app_deregister", err, "failed to deregister app")
 		return
 	}
-	b.store.revocations.Add(rev)
+	b.store.added(rev)
 	b.audit(ctx, Event{EventType: EventAppDeregistered, Outcome: OutcomeSuccess,
 		Detail: "app_id=" + app.AppID + " name=" + app.Name + " deregistered_by=" + claimsFrom(r).Sub})
 	writeJSON(w, http.StatusOK, AppDeregistration{AppID: app.AppID, Status: AppInactive, DeregisteredAt: WholeSeconds(now)})

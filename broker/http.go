@@ -63,6 +63,7 @@ func (b *Broker) routes() http.Handler {
 	handle("POST", "/v1/admin/keys/rotate", b.bearer("admin:revoke:*", b.handleRotateKey))
 	handle("GET", "/v1/admin/agents", b.bearer("admin:audit:*", b.handleAgents))
 	handle("GET", "/v1/admin/audit/verify", b.bearer("admin:audit:*", b.handleAuditVerify))
+	handle("GET", "/v1/revocations", b.bearer("", b.handleFeed))
 
 	route := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, p := known.Handler(r); p == "" { // D14: unknown path → problem+json, not text

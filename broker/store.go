@@ -59,6 +59,7 @@ type Store struct {
 	opt         StoreOptions
 	log         *slog.Logger
 
+	changes  broadcast     // closed and renewed whenever revocations may have been added
 	synced   atomic.Int64  // unix nanoseconds of the last complete catch-up
 	catchUp  chan struct{} // wakes the follower; capacity 1
 	reloadMu sync.Mutex    // serializes key-ring reloads
@@ -159,8 +160,15 @@ func (s *Store) revoke(ctx context.Context, level, target string, now time.Time)
 	if err != nil {
 		return r, err
 	}
-	s.revocations.Add(r)
+	s.added(r)
 	return r, nil
+}
+
+// added makes a revocation committed by this process effective at once,
+// and wakes the revocation feed.
+func (s *Store) added(r Revocation) {
+	s.revocations.Add(r)
+	s.changes.notify()
 }
 
 // catchUpRevocations applies every revocation after the index's sequence
@@ -173,6 +181,9 @@ func (s *Store) catchUpRevocations(ctx context.Context) error {
 			return fmt.Errorf("load revocations: %w", err)
 		}
 		s.revocations.Apply(rs)
+		if len(rs) > 0 {
+			s.changes.notify()
+		}
 		if len(rs) < page {
 			s.synced.Store(s.opt.Now().UnixNano())
 			return nil
@@ -307,5 +318,30 @@ func (s *Store) prune(now time.Time) {
 	)
 	if err != nil {
 		s.log.Warn("agentwrit: pruning expired records failed", "error", err)
+	}
+}
+
+// broadcast wakes every waiter at once: wait returns a channel that is
+// closed at the next notify.
+type broadcast struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func (b *broadcast) wait() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ch == nil {
+		b.ch = make(chan struct{})
+	}
+	return b.ch
+}
+
+func (b *broadcast) notify() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ch != nil {
+		close(b.ch)
+		b.ch = nil
 	}
 }

@@ -1,0 +1,170 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The revocation feed (GET /v1/revocations) streams every revocation, as
+// it is committed, to gateways that verify tokens themselves: Server-Sent
+// Events, one "revocation" event per revocation with its sequence number
+// as the event ID, so a client that reconnects with Last-Event-ID (or
+// ?after=<seq>) resumes exactly where it stopped. SSE rather than a long
+// poll: one connection carries every change the moment it commits, and
+// resuming is part of the protocol. Heartbeats every FeedHeartbeat, sent
+// only while this broker's own view is fresh, let a client notice a silent
+// break within seconds.
+
+// FeedScope is the scope an app's ceiling must hold for the app to read
+// the feed (exactly, as a granted scope: read:revocations:*).
+const FeedScope = "read:revocations:*"
+
+// FeedHeartbeat is how often the feed proves it is alive.
+const FeedHeartbeat = 2 * time.Second
+
+// feedRecheck is how often a stream re-checks that its app still may read.
+const feedRecheck = 30 * time.Second
+
+// FeedEvent is the data of a "revocation" event.
+type FeedEvent = Revocation
+
+// FeedHeartbeatData is the data of a "heartbeat" event: the time, and the
+// sequence number of the last revocation sent on this stream.
+type FeedHeartbeatData struct {
+	Time string `json:"time"`
+	Seq  int64  `json:"seq"`
+}
+
+// feedAccess reports why c may not read the feed, or "": only the token of
+// an active app whose ceiling holds FeedScope may.
+func (b *Broker) feedAccess(ctx context.Context, c *Claims) (string, error) {
+	appID, ok := strings.CutPrefix(c.Sub, "app:")
+	if !ok {
+		return "only an app token may read the revocation feed", nil
+	}
+	app, err := b.store.db.App(ctx, appID)
+	switch {
+	case errors.Is(err, ErrNotFound) || (err == nil && app.Status != AppActive):
+		return "app not found", nil
+	case err != nil:
+		return "", err
+	case !coversExactly(app.Scopes, FeedScope):
+		return "the app's scope ceiling does not include " + FeedScope, nil
+	}
+	return "", nil
+}
+
+// coversExactly reports whether granted holds required as such.
+func coversExactly(granted []string, required string) bool {
+	for _, g := range granted {
+		if g == required {
+			return true
+		}
+	}
+	return false
+}
+
+// feedStart is where a stream starts: after Last-Event-ID or ?after=.
+func feedStart(r *http.Request) int64 {
+	v := r.Header.Get("Last-Event-ID")
+	if v == "" {
+		v = r.URL.Query().Get("after")
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
+}
+
+func (b *Broker) handleFeed(w http.ResponseWriter, r *http.Request) {
+	c := claimsFrom(r)
+	ctx := r.Context()
+	if why, err := b.feedAccess(ctx, c); err != nil {
+		b.dbFailed(w, r, "app_lookup", err, "failed to open the revocation feed")
+		return
+	} else if why != "" {
+		WriteProblem(w, r, http.StatusForbidden, ErrTypeForbidden, why)
+		return
+	}
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	last := feedStart(r)
+	heartbeat := time.NewTicker(FeedHeartbeat)
+	defer heartbeat.Stop()
+	recheck := time.Now().Add(feedRecheck)
+	expires := time.Unix(c.Exp, 0)
+	for {
+		changed := b.store.changes.wait()
+		var err error
+		if last, err = b.sendRevocations(ctx, w, last); err != nil {
+			return // the client is gone, or the database is: either way the client resumes
+		}
+		if err := rc.Flush(); err != nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-b.done:
+			return // this configuration is stopping; the client reconnects to the next
+		case <-changed:
+		case now := <-heartbeat.C:
+			if b.store.fresh() != nil || !now.Before(expires) || b.store.revocations.Revoked(c) {
+				return // stale or no longer allowed: silence tells the client
+			}
+			if now.After(recheck) {
+				recheck = now.Add(feedRecheck)
+				if why, err := b.feedAccess(ctx, c); err != nil || why != "" {
+					return
+				}
+			}
+			if err := writeEvent(w, "heartbeat", "", FeedHeartbeatData{Time: formatTime(b.now()), Seq: last}); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// sendRevocations writes every revocation after seq and returns the last
+// sequence number written.
+func (b *Broker) sendRevocations(ctx context.Context, w http.ResponseWriter, seq int64) (int64, error) {
+	for {
+		rs, err := b.store.db.RevocationsSince(ctx, seq, 1000)
+		if err != nil {
+			return seq, err
+		}
+		for _, r := range rs {
+			if err := writeEvent(w, "revocation", strconv.FormatInt(r.Seq, 10), r); err != nil {
+				return seq, err
+			}
+			seq = r.Seq
+		}
+		if len(rs) < 1000 {
+			return seq, nil
+		}
+	}
+}
+
+// writeEvent writes one Server-Sent Event with JSON data (one line).
+func writeEvent(w http.ResponseWriter, event, id string, data any) error {
+	b, err := json.Marshal(data)
+	if err != nil {
+		return err
+	}
+	if id != "" {
+		_, err = fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", id, event, b)
+	} else {
+		_, err = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b)
+	}
+	return err
+}
