@@ -367,3 +367,18 @@ func eventually(t *testing.T, d time.Duration, cond func() bool, msg string) tim
 	t.Fatalf("not within %s: %s", d, msg)
 	return 0
 }
+
+// eventuallyRefused validates tok until it is refused (within 3s), which
+// check must then accept; every answer before is a valid one.
+func eventuallyRefused(t *testing.T, v *Validator, tok string, check func(*testing.T, *broker.Claims, error, ...any), msg string) time.Duration {
+	t.Helper()
+	return eventually(t, 3*time.Second, func() bool {
+		c, err := v.Validate(context.Background(), tok)
+		if err == nil {
+			requireValid(t, tok, c, nil)
+			return false
+		}
+		check(t, c, err, msg)
+		return true
+	}, msg)
+}

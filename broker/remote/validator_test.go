@@ -66,14 +66,7 @@ func TestRealBroker(t *testing.T) {
 	c, err = v.Validate(ctx, tok)
 	requireValid(t, tok, c, err)
 	tb.revokeToken(tok)
-	took := eventually(t, 3*time.Second, func() bool {
-		c, err := v.Validate(ctx, tok)
-		if err == nil {
-			return false
-		}
-		requireInvalid(t, c, err)
-		return true
-	}, "revocation seen through the cache")
+	took := eventuallyRefused(t, v, tok, requireInvalid, "revocation seen through the cache")
 	require.LessOrEqual(t, took, 1500*time.Millisecond)
 	c, err = v.Validate(ctx, tok)
 	requireInvalid(t, c, err)
@@ -285,14 +278,7 @@ func TestFaults(t *testing.T) {
 		requireValid(t, tok, c, err, "stale entry served while the broker fails")
 		require.EqualValues(t, 1, rec.staleHits.Load())
 		require.EqualValues(t, 1, rec.outcomes(OutcomeError))
-		eventually(t, 3*time.Second, func() bool {
-			c, err := v.Validate(ctx, tok)
-			if err == nil {
-				return false
-			}
-			requireUnavailable(t, c, err)
-			return true
-		}, "stale window ends")
+		eventuallyRefused(t, v, tok, requireUnavailable, "stale window ends")
 		// An unknown token gets nothing from StaleIfError.
 		c, err = v.Validate(ctx, fakeToken(t, exp, "read:orders:42"))
 		requireUnavailable(t, c, err)
@@ -329,14 +315,7 @@ func TestFaults(t *testing.T) {
 		exp := time.Unix(e.claims.Exp, 0).UnixNano()
 		require.LessOrEqual(t, e.fresh, exp, "positive TTL = min(CacheTTL, exp - now)")
 		require.LessOrEqual(t, e.stale, exp)
-		eventually(t, 3*time.Second, func() bool {
-			c, err := v.Validate(ctx, tok)
-			if err == nil {
-				return false
-			}
-			requireInvalid(t, c, err)
-			return true
-		}, "the expired token is refused")
+		eventuallyRefused(t, v, tok, requireInvalid, "the expired token is refused")
 	})
 }
 
