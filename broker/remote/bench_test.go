@@ -30,15 +30,9 @@ func BenchmarkCacheMemory(b *testing.B) {
 			b.Fatal(err)
 		}
 		v.client.Transport = validTransport{}
-		hdr := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"EdDSA","typ":"JWT"}`))
-		sig := base64.RawURLEncoding.EncodeToString(make([]byte, 64))
 		exp := time.Now().Add(time.Hour).Unix()
 		push := func(i int) {
-			// Claims shaped like the broker's: a SPIFFE sub, a 32-hex jti, two scopes.
-			p := fmt.Sprintf(`{"iss":"agentwrit","sub":"spiffe://agentwrit.local/agent/orch-%d/task-%d/%016x","exp":%d,"iat":%d,"jti":"%032x","scope":["read:orders:%d","write:orders:%d"],"task_id":"task-%d","orch_id":"orch-%d"}`,
-				i%100, i, i, exp, exp-300, i, i, i, i, i%100)
-			tok := hdr + "." + base64.RawURLEncoding.EncodeToString([]byte(p)) + "." + sig
-			if _, err := v.Validate(context.Background(), tok); err != nil {
+			if _, err := v.Validate(context.Background(), shapedToken(i, exp)); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -77,6 +71,64 @@ func BenchmarkCacheMemory(b *testing.B) {
 		runtime.KeepAlive(v)
 		v.Close()
 	}
+}
+
+// BenchmarkValidate is one validation answered from the cache (hit: what
+// a gateway pays per request) and one that misses (pre-check, a call
+// through an in-memory transport, the answer parsed and cached).
+func BenchmarkValidate(b *testing.B) {
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour).Unix()
+	newValidator := func(b *testing.B) *Validator {
+		v, err := New(cached(Options{URL: "http://broker.invalid", CacheSize: 1000}))
+		if err != nil {
+			b.Fatal(err)
+		}
+		v.client.Transport = validTransport{}
+		b.Cleanup(v.Close)
+		return v
+	}
+	b.Run("hit", func(b *testing.B) {
+		v, tok := newValidator(b), shapedToken(0, exp)
+		if _, err := v.Validate(ctx, tok); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := v.Validate(ctx, tok); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("miss", func(b *testing.B) {
+		v := newValidator(b)
+		toks := make([]string, 4096)
+		for i := range toks {
+			toks[i] = shapedToken(i, exp)
+		}
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if i%len(toks) == 0 {
+				v.cache.purge()
+			}
+			if _, err := v.Validate(ctx, toks[i%len(toks)]); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+}
+
+// shapedToken is the i-th of distinct tokens whose claims are shaped like
+// the broker's (a SPIFFE sub, a 32-hex jti, two scopes), expiring at exp,
+// with a signature of zeros.
+func shapedToken(i int, exp int64) string {
+	hdr := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"EdDSA","typ":"JWT"}`))
+	sig := base64.RawURLEncoding.EncodeToString(make([]byte, 64))
+	p := fmt.Sprintf(`{"iss":"agentwrit","sub":"spiffe://agentwrit.local/agent/orch-%d/task-%d/%016x","exp":%d,"iat":%d,"jti":"%032x","scope":["read:orders:%d","write:orders:%d"],"task_id":"task-%d","orch_id":"orch-%d"}`,
+		i%100, i, i, exp, exp-300, i, i, i, i, i%100)
+	return hdr + "." + base64.RawURLEncoding.EncodeToString([]byte(p)) + "." + sig
 }
 
 // validTransport answers every validate call with valid:true and the
