@@ -36,9 +36,10 @@ const MaxConns = 64
 // validatePath is appended to the broker URL's path.
 const validatePath = "/v1/token/validate"
 
-// Options configure a Validator. The zero value of every field but URL is
-// usable: it means the default where one is named, and "off" for
-// CacheTTL, NegativeCacheTTL and StaleIfError.
+// Options configure a Validator. Every field but URL may be left zero:
+// that means DefaultCacheSize and DefaultTimeout for CacheSize and
+// Timeout, but "off" for CacheTTL, NegativeCacheTTL and StaleIfError (a
+// caller that wants DefaultCacheTTL sets it).
 type Options struct {
 	// URL is the broker's base URL: http or https, with a host, without
 	// user info, query or fragment. A path prefix is kept:

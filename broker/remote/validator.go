@@ -75,7 +75,7 @@ func New(o Options) (*Validator, error) {
 }
 
 // Close releases idle connections and the caches. Nothing else was
-// started. Validate must not be called afterwards.
+// started, so nothing else needs stopping.
 func (v *Validator) Close() {
 	v.client.CloseIdleConnections()
 	if v.cache != nil {
