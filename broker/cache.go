@@ -24,17 +24,23 @@ type claimsCache struct {
 // tokenKey is the SHA-256 of a whole token.
 type tokenKey [sha256.Size]byte
 
-// stackKeyMax is the longest token keyOf hashes without allocating.
+// stackKeyMax is the longest token TokenHash hashes without allocating.
 const stackKeyMax = 2048
 
-// keyOf hashes tok without allocating for tokens of usual size.
-func keyOf(tok string) tokenKey {
+// TokenHash is the SHA-256 of the whole token tok, the key under which
+// caches of validated tokens hold it (this package's and package
+// remote's). It does not allocate for tokens of up to 2 KiB, which is
+// why it is preferred over sha256.Sum256([]byte(tok)) on hot paths.
+func TokenHash(tok string) [sha256.Size]byte {
 	var buf [stackKeyMax]byte
 	if len(tok) <= len(buf) {
 		return sha256.Sum256(buf[:copy(buf[:], tok)])
 	}
 	return sha256.Sum256([]byte(tok))
 }
+
+// keyOf is TokenHash as this cache's key type.
+func keyOf(tok string) tokenKey { return TokenHash(tok) }
 
 // cacheEntry is one verified token: its claims and, once /v1/token/validate
 // has asked for it, the encoded validate response.

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/remote"
 	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
 )
 
@@ -83,8 +84,8 @@ type Handler struct {
 
 	routes    *scopemap.Map
 	validator validator
-	remote    *remoteValidator // remote mode only, for Cleanup
-	broker    *broker.Broker   // embedded broker, for the audit chain
+	remote    *remote.Validator // remote mode only, for Cleanup
+	broker    *broker.Broker    // embedded broker, for the audit chain
 	audience  string
 	metrics   *gatewayMetrics
 	allowed   prometheus.Counter // hot-path counters, resolved once
@@ -136,7 +137,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.validator = embedded{h.broker}
 		return nil
 	}
-	if h.remote, err = h.Broker.newValidator(ctx.GetMetricsRegistry(), h.logger); err != nil {
+	if h.remote, err = h.Broker.newValidator(ctx.GetMetricsRegistry(), ctx.Slogger()); err != nil {
 		return fmt.Errorf("agentwrit: %w", err)
 	}
 	h.validator = h.remote
@@ -146,7 +147,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // Cleanup releases the remote validator's connections and cache.
 func (h *Handler) Cleanup() error {
 	if h.remote != nil {
-		h.remote.close()
+		h.remote.Close()
 	}
 	return nil
 }
@@ -166,22 +167,19 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// validator turns a bearer token into verified claims.
+// validator turns a bearer token into verified claims: embedded or
+// *remote.Validator.
 type validator interface {
-	validate(ctx context.Context, token string) (*broker.Claims, error)
+	Validate(ctx context.Context, token string) (*broker.Claims, error)
 }
 
 // embedded validates in-process: a map lookup for a token seen before, and
 // always a live revocation check.
 type embedded struct{ b *broker.Broker }
 
-func (e embedded) validate(ctx context.Context, tok string) (*broker.Claims, error) {
+func (e embedded) Validate(ctx context.Context, tok string) (*broker.Claims, error) {
 	return e.b.Verify(ctx, tok)
 }
-
-// errUnavailable means the token could not be checked at all (remote broker
-// down); the request fails closed with 503.
-var errUnavailable = errors.New("broker unavailable")
 
 // denial is why a request is refused.
 type denial struct {
@@ -232,7 +230,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.deny(w, r, next, &denial{status: http.StatusUnauthorized, errType: broker.ErrTypeUnauthorized,
 			detail: "missing bearer token", reason: "missing_token", challenge: realm, event: broker.EventTokenAuthFailed})
 	}
-	c, err := h.validator.validate(r.Context(), tok)
+	c, err := h.validator.Validate(r.Context(), tok)
 	if err == nil && h.audience != "" && !slices.Contains(c.Aud, h.audience) {
 		c, err = nil, broker.ErrAudienceMismatch
 	}
@@ -241,7 +239,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			detail: "token verification failed", reason: "invalid_token",
 			challenge: realm + `, error="invalid_token"`, event: broker.EventTokenAuthFailed, cause: err}
 		switch {
-		case errors.Is(err, errUnavailable):
+		case errors.Is(err, remote.ErrUnavailable):
 			d = &denial{status: http.StatusServiceUnavailable, errType: "broker_unavailable",
 				detail: "token validation is temporarily unavailable", reason: "broker_unavailable", cause: err}
 		case errors.Is(err, broker.ErrRevoked):

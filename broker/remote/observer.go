@@ -1,0 +1,67 @@
+package remote
+
+import "time"
+
+// Observer receives a Validator's events, so the embedding program can
+// count them in its own metrics registry without this package importing
+// a metrics library. Methods are called on the request path, concurrently:
+// they must be cheap and safe for concurrent use.
+type Observer interface {
+	// CacheHit: a fresh cached answer, positive or negative, was served.
+	CacheHit()
+	// CacheMiss: the cache had no fresh answer for a token that passed
+	// the local checks; it goes to the broker, or joins a call in flight.
+	CacheMiss()
+	// CacheEviction: an entry was dropped to stay within CacheSize.
+	CacheEviction()
+	// StaleHit: an expired positive entry was served under StaleIfError
+	// while the broker failed.
+	StaleHit()
+	// Call: one call to the broker ended with outcome after d.
+	Call(outcome Outcome, d time.Duration)
+}
+
+// Outcome is how a call to the broker ended.
+type Outcome uint8
+
+// Outcomes of a call to the broker.
+const (
+	// OutcomeValid: the broker confirmed the token.
+	OutcomeValid Outcome = iota
+	// OutcomeInvalid: the broker answered "valid":false, or its claims
+	// have expired.
+	OutcomeInvalid
+	// OutcomeError: no usable answer (connection refused, TLS failure,
+	// a status other than 200, a malformed body).
+	OutcomeError
+	// OutcomeTimeout: no answer within Timeout.
+	OutcomeTimeout
+)
+
+// NumOutcomes is the number of Outcome values, for tables indexed by one.
+const NumOutcomes = 4
+
+// String returns the outcome's metric label: valid, invalid, error or
+// timeout.
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeValid:
+		return "valid"
+	case OutcomeInvalid:
+		return "invalid"
+	case OutcomeError:
+		return "error"
+	case OutcomeTimeout:
+		return "timeout"
+	}
+	return "unknown"
+}
+
+// nopObserver is the Observer of Options without one.
+type nopObserver struct{}
+
+func (nopObserver) CacheHit()                   {}
+func (nopObserver) CacheMiss()                  {}
+func (nopObserver) CacheEviction()              {}
+func (nopObserver) StaleHit()                   {}
+func (nopObserver) Call(Outcome, time.Duration) {}
