@@ -33,6 +33,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/brokertest"
 )
 
 // testPKI is a CA, a server certificate for 127.0.0.1 and a client
@@ -126,8 +127,7 @@ type testBroker struct {
 // newTestBroker serves a fresh broker; serverTLS nil means plain HTTP.
 func newTestBroker(t testing.TB, serverTLS *tls.Config) *testBroker {
 	t.Helper()
-	store, err := broker.Open(context.Background(), filepath.Join(t.TempDir(), "remote.db"))
-	require.NoError(t, err)
+	store := brokertest.OpenStore(t, "")
 	hash, err := bcrypt.GenerateFromPassword([]byte("remote-secret"), bcrypt.MinCost)
 	require.NoError(t, err)
 	br, err := broker.New(store, broker.Config{AdminSecret: string(hash)})
