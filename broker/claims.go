@@ -29,3 +29,17 @@ type Claims struct {
 
 // DelegationDepth is the number of delegation hops behind the token.
 func (c *Claims) DelegationDepth() int { return len(c.DelegationChain) }
+
+// HasAudience reports whether the token is meant for aud: always when aud
+// is empty (no audience configured), else when its aud list holds aud.
+func (c *Claims) HasAudience(aud string) bool {
+	if aud == "" {
+		return true
+	}
+	for _, a := range c.Aud {
+		if a == aud {
+			return true
+		}
+	}
+	return false
+}

@@ -157,6 +157,7 @@ func (b *Broker) handleRegister(w http.ResponseWriter, r *http.Request) {
 		b.dbFailed(w, r, "save_agent", err, "registration failed")
 		return
 	}
+	b.store.countsChanged()
 	appSuffix := ""
 	if lt.AppID != "" {
 		appSuffix = " app_id=" + lt.AppID
@@ -170,6 +171,5 @@ func (b *Broker) handleRegister(w http.ResponseWriter, r *http.Request) {
 		Detail: fmt.Sprintf("Token issued, jti=%s, ttl=%d", c.Jti, lt.MaxTTL) + appSuffix, Outcome: OutcomeSuccess,
 	})
 	b.obs.Registration(true)
-	b.obs.AgentRegistered()
 	writeJSON(w, http.StatusOK, RegisterResponse{agentID, tok, ttl})
 }

@@ -108,7 +108,9 @@ func (w *problem405) Write(b []byte) (int, error) {
 // clientIP is the rate limiters' view of the caller (D11).
 func (b *Broker) clientIP(r *http.Request) string { return b.cfg.ClientIP(r) }
 
-func newRequestID() string {
+// NewRequestID is upstream's request ID: 8 random bytes as 16 lowercase
+// hex characters ("unknown" should the system's randomness fail).
+func NewRequestID() string {
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "unknown"
@@ -122,7 +124,7 @@ func requestID(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get("X-Request-ID")
 		if id == "" {
-			id = newRequestID()
+			id = NewRequestID()
 		}
 		w.Header().Set(RequestIDHeader, id)
 		next.ServeHTTP(w, r)
@@ -274,7 +276,7 @@ func (b *Broker) authenticate(w http.ResponseWriter, r *http.Request) (*Claims, 
 	if err != nil {
 		return fail("token verification failed", "token verification failed: "+err.Error())
 	}
-	if aud := b.cfg.Audience; aud != "" && !containsString(c.Aud, aud) {
+	if aud := b.cfg.Audience; !c.HasAudience(aud) {
 		b.audit(r.Context(), Event{
 			EventType: EventTokenAuthFailed, AgentID: c.Sub, TaskID: c.TaskID, OrchID: c.OrchID,
 			Detail:   "audience mismatch | expected=" + aud + " | path=" + path,
@@ -284,13 +286,4 @@ func (b *Broker) authenticate(w http.ResponseWriter, r *http.Request) (*Claims, 
 		return nil, false
 	}
 	return c, true
-}
-
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

@@ -51,5 +51,6 @@ func (b *Broker) issueRecorded(ctx context.Context, c Claims, ttl int64, parent 
 	if err := b.store.db.SaveToken(ctx, &rec); err != nil {
 		return "", c, fmt.Errorf("record token: %w", err)
 	}
+	b.store.countsChanged()
 	return tok, c, nil
 }

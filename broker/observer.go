@@ -11,7 +11,6 @@ type Observer interface {
 	Registration(success bool)     // agentwrit_registrations_total{status}
 	AdminAuth(success bool)        // agentwrit_admin_auth_total{status}
 	LaunchTokenCreated()           // agentwrit_launch_tokens_created_total
-	AgentRegistered()              // agentwrit_active_agents
 	AuditEvent(eventType string)   // agentwrit_audit_events_total{event_type}
 	AuditWrite(d time.Duration)    // agentwrit_audit_write_duration_seconds
 	DBError(operation string)      // agentwrit_db_errors_total{operation}
@@ -24,7 +23,6 @@ func (nopObserver) TokenRevoked(string)      {}
 func (nopObserver) Registration(bool)        {}
 func (nopObserver) AdminAuth(bool)           {}
 func (nopObserver) LaunchTokenCreated()      {}
-func (nopObserver) AgentRegistered()         {}
 func (nopObserver) AuditEvent(string)        {}
 func (nopObserver) AuditWrite(time.Duration) {}
 func (nopObserver) DBError(string)           {}

@@ -64,6 +64,11 @@ type Store struct {
 	catchUp  chan struct{} // wakes the follower; capacity 1
 	reloadMu sync.Mutex    // serializes key-ring reloads
 
+	statsMu   sync.Mutex // guards the cached counts below
+	stats     Stats
+	statsHead AuditHead
+	statsAt   time.Time
+
 	stop chan struct{}
 	wg   sync.WaitGroup
 	once sync.Once
@@ -148,6 +153,31 @@ func (s *Store) fresh() error {
 	return nil
 }
 
+// statsMaxAge is how old Stats may answer from its cache.
+const statsMaxAge = 5 * time.Second
+
+// Stats are the counts of the database, at most a few seconds old, and
+// the audit chain's head: what gauges and status pages show, right after a
+// restart or a reload as at any other time.
+func (s *Store) Stats(ctx context.Context) (Stats, AuditHead, error) {
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	now := s.opt.Now()
+	if now.Sub(s.statsAt) < statsMaxAge {
+		return s.stats, s.statsHead, nil
+	}
+	st, err := s.db.Stats(ctx, now)
+	if err != nil {
+		return s.stats, s.statsHead, err
+	}
+	head, err := s.db.AuditHead(ctx)
+	if err != nil {
+		return s.stats, s.statsHead, err
+	}
+	s.stats, s.statsHead, s.statsAt = st, head, now
+	return st, head, nil
+}
+
 // syncedAgo is the age of the last complete revocation catch-up.
 func (s *Store) syncedAgo() time.Duration {
 	return s.opt.Now().Sub(time.Unix(0, s.synced.Load()))
@@ -169,6 +199,15 @@ func (s *Store) revoke(ctx context.Context, level, target string, now time.Time)
 func (s *Store) added(r Revocation) {
 	s.revocations.Add(r)
 	s.changes.notify()
+	s.countsChanged()
+}
+
+// countsChanged makes the next Stats read the database: what this process
+// just wrote shows at once (other replicas' writes within statsMaxAge).
+func (s *Store) countsChanged() {
+	s.statsMu.Lock()
+	s.statsAt = time.Time{}
+	s.statsMu.Unlock()
 }
 
 // catchUpRevocations applies every revocation after the index's sequence

@@ -279,12 +279,16 @@ func (v *Verifier) checkClaims(c *Claims) error {
 // for longer than the store's staleness bound, rather than risk allowing a
 // token whose revocation it missed. The returned Claims are shared and must
 // not be modified. A cached verification does not allocate.
+//
+// For a token that verifies but is revoked, the claims are returned along
+// with ErrRevoked, so that a refusal can be audited and logged under the
+// agent it names; the token must not be honoured.
 func (b *Broker) Verify(ctx context.Context, tok string) (*Claims, error) {
 	e, err := b.check(tok)
-	if err != nil {
+	if e == nil {
 		return nil, err
 	}
-	return e.claims, nil
+	return e.claims, err
 }
 
 // ValidResponse is Verify plus the exact body /v1/token/validate answers for
@@ -313,7 +317,7 @@ func (b *Broker) check(tok string) (*cacheEntry, error) {
 		return nil, err
 	}
 	if b.store.revocations.Revoked(e.claims) {
-		return nil, ErrRevoked
+		return e, ErrRevoked
 	}
 	return e, nil
 }

@@ -1,19 +1,21 @@
 // Package caddymodule plugs AgentWrit into Caddy: the "agentwrit" app runs
 // an embedded broker, the agentwrit_broker handler serves its API, and the
-// agentwrit handler enforces tokens and scopes in front of any backend.
+// agentwrit handler enforces tokens and scopes in front of any backend. It
+// is glue: the broker, the route rules and the remote validator are
+// Caddy-free packages (broker, scopemap, broker/remote).
 package caddymodule
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
@@ -24,14 +26,19 @@ import (
 
 func init() {
 	caddy.RegisterModule(App{})
-	httpcaddyfile.RegisterGlobalOption("agentwrit", parseGlobalOption)
 }
 
 // App is the "agentwrit" app: the embedded broker's configuration and the
-// broker itself. Its state lives in a SQLite database shared across reloads.
+// broker itself. Its state lives in a database (a SQLite file, or
+// PostgreSQL shared by a fleet of replicas) that a reload keeps open.
+//
+// Provision only checks the configuration; Start opens the database, so
+// `caddy validate` writes nothing. Handlers that need the broker wait for
+// Start (it comes moments after, in the same config load).
 type App struct {
 	// AdminSecret is the admin password, plaintext or a bcrypt hash.
-	// Placeholders such as {env.AGENTWRIT_ADMIN_SECRET} are expanded. Required.
+	// Placeholders such as {env.AGENTWRIT_ADMIN_SECRET} are expanded at
+	// load, so the secret never lands in adapted JSON. Required.
 	AdminSecret string `json:"admin_secret,omitempty"`
 	// TrustDomain is the SPIFFE trust domain of agent IDs (default agentwrit.local).
 	TrustDomain string `json:"trust_domain,omitempty"`
@@ -48,24 +55,41 @@ type App struct {
 	AdminTokenTTL caddy.Duration `json:"admin_token_ttl,omitempty"`
 	// AppTokenTTL is the default token_ttl of new apps (default 30m).
 	AppTokenTTL caddy.Duration `json:"app_token_ttl,omitempty"`
-	// Database is the SQLite file (default <Caddy data dir>/agentwrit/broker.db).
+	// Database is a SQLite file (default <Caddy data dir>/agentwrit/broker.db)
+	// or a postgres:// URL, usually {env.AGENTWRIT_DATABASE_URL} so its
+	// password stays out of the config.
 	Database string `json:"database,omitempty"`
+	// DatabasePoolSize and DatabaseStatementTimeout tune PostgreSQL
+	// (defaults: 10 connections, 5s).
+	DatabasePoolSize         int            `json:"database_pool_size,omitempty"`
+	DatabaseStatementTimeout caddy.Duration `json:"database_statement_timeout,omitempty"`
+	// MaxRevocationStaleness bounds, with PostgreSQL, how far behind the
+	// database this replica's revocation index may fall before enforcement
+	// fails closed with 503 (default 5s).
+	MaxRevocationStaleness caddy.Duration `json:"max_revocation_staleness,omitempty"`
 	// SigningKey optionally names a PKCS#8 PEM Ed25519 key file (created if
-	// missing); by default the key lives in the database.
+	// missing); by default the key set lives in the database.
 	SigningKey string `json:"signing_key,omitempty"`
 
-	broker  *broker.Broker
-	dbPath  string
-	metrics *metrics
-	logger  *zap.Logger
+	cfg     broker.Config
+	dsn     string
+	metrics *collectors
+	run     *running // made by Provision
+	holds   bool     // Start took the store from the pool
+	ctx     caddy.Context
+}
+
+// running is what Start makes and the handlers wait for.
+type running struct {
+	ready  chan struct{}                 // closed when Start has run (or failed)
+	broker atomic.Pointer[broker.Broker] // set by Start
 }
 
 var (
-	_ caddy.App             = (*App)(nil)
-	_ caddy.Provisioner     = (*App)(nil)
-	_ caddy.Validator       = (*App)(nil)
-	_ caddy.CleanerUpper    = (*App)(nil)
-	_ caddyfile.Unmarshaler = (*App)(nil)
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
 )
 
 // CaddyModule returns the Caddy module information.
@@ -73,26 +97,27 @@ func (App) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{ID: "agentwrit", New: func() caddy.Module { return new(App) }}
 }
 
-// Provision opens (or joins) the database and configures the broker.
+// Provision checks the configuration and prepares the broker's without
+// opening anything.
 func (a *App) Provision(ctx caddy.Context) error {
-	a.logger = ctx.Logger()
+	a.ctx, a.run = ctx, &running{ready: make(chan struct{})}
 	repl := caddy.NewReplacer()
 	secret := repl.ReplaceKnown(a.AdminSecret, "")
 	if secret == "" {
-		return errors.New("agentwrit: admin_secret is required (for example admin_secret {$AGENTWRIT_ADMIN_SECRET}, with that variable set); there is no default")
+		return errors.New("agentwrit: admin_secret is required (for example admin_secret {env.AGENTWRIT_ADMIN_SECRET}, with that variable set); there is no default")
 	}
-	a.dbPath = repl.ReplaceKnown(a.Database, "")
-	if a.dbPath == "" {
-		a.dbPath = filepath.Join(caddy.AppDataDir(), "agentwrit", "broker.db")
+	a.dsn = repl.ReplaceKnown(a.Database, "")
+	if a.dsn == "" {
+		a.dsn = filepath.Join(caddy.AppDataDir(), "agentwrit", "broker.db")
 	}
-	if abs, err := filepath.Abs(a.dbPath); err == nil && !storage.IsURL(a.dbPath) {
-		a.dbPath = abs
+	if abs, err := filepath.Abs(a.dsn); err == nil && !storage.IsURL(a.dsn) {
+		a.dsn = abs
 	}
 	var err error
-	if a.metrics, err = newMetrics(ctx.GetMetricsRegistry()); err != nil {
+	if a.metrics, err = loadCollectors(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("agentwrit: metrics: %w", err)
 	}
-	cfg := broker.Config{
+	a.cfg = broker.Config{
 		AdminSecret:    secret,
 		TrustDomain:    a.TrustDomain,
 		Issuer:         a.Issuer,
@@ -103,53 +128,109 @@ func (a *App) Provision(ctx caddy.Context) error {
 		AppTokenTTL:    time.Duration(a.AppTokenTTL),
 		ClientIP:       clientIP,
 		Logger:         ctx.Slogger(),
-		Observer:       a.metrics,
+		Observer:       a.metrics.broker,
 		MetricsHandler: promhttp.HandlerFor(ctx.GetMetricsRegistry(), promhttp.HandlerOpts{}),
 	}
-	if a.SigningKey != "" {
-		if cfg.SigningKey, err = broker.LoadKeyFile(repl.ReplaceKnown(a.SigningKey, "")); err != nil {
-			return fmt.Errorf("agentwrit: %w", err)
-		}
+	if err := broker.CheckAdminSecret(secret); err != nil {
+		return fmt.Errorf("agentwrit: %w", err)
 	}
-	store, err := loadStore(ctx, a.dbPath, broker.StoreOptions{}, ctx.Slogger())
+	// A stopping configuration ends its long-lived responses before the
+	// HTTP servers wait for them to finish.
+	ev, err := ctx.App("events")
 	if err != nil {
-		return fmt.Errorf("agentwrit: %w", err)
+		return fmt.Errorf("agentwrit: events: %w", err)
 	}
-	if a.broker, err = broker.New(store, cfg); err != nil {
-		_ = releaseStore(a.dbPath)
-		return fmt.Errorf("agentwrit: %w", err)
-	}
-	return nil
+	return ev.(*caddyevents.App).On("stopping", stopHandler(func() {
+		if b := a.run.broker.Load(); b != nil {
+			b.Close()
+		}
+	}))
 }
 
 // Validate checks what Provision could not.
 func (a *App) Validate() error {
 	for name, d := range map[string]caddy.Duration{
 		"default_ttl": a.DefaultTTL, "admin_token_ttl": a.AdminTokenTTL, "app_token_ttl": a.AppTokenTTL,
+		"database_statement_timeout": a.DatabaseStatementTimeout, "max_revocation_staleness": a.MaxRevocationStaleness,
 	} {
 		if d < 0 {
 			return fmt.Errorf("agentwrit: %s must not be negative", name)
 		}
 	}
+	if a.DatabasePoolSize < 0 {
+		return errors.New("agentwrit: database_pool_size must not be negative")
+	}
 	return nil
 }
 
-// Start implements caddy.App; the broker has nothing to start.
-func (a *App) Start() error { return nil }
+// Start opens (or joins) the database and starts the broker.
+func (a *App) Start() error {
+	defer close(a.run.ready)
+	if a.SigningKey != "" {
+		key, err := broker.LoadKeyFile(caddy.NewReplacer().ReplaceKnown(a.SigningKey, ""))
+		if err != nil {
+			return fmt.Errorf("agentwrit: %w", err)
+		}
+		a.cfg.SigningKey = key
+	}
+	so := broker.StoreOptions{MaxStaleness: time.Duration(a.MaxRevocationStaleness)}
+	do := storage.Options{MaxConns: int32(a.DatabasePoolSize), StatementTimeout: time.Duration(a.DatabaseStatementTimeout)}
+	store, err := loadStore(a.ctx, a.dsn, do, so, a.ctx.Slogger())
+	if err != nil {
+		return fmt.Errorf("agentwrit: %w", err)
+	}
+	a.holds = true
+	b, err := broker.New(store, a.cfg)
+	if err != nil {
+		return fmt.Errorf("agentwrit: %w", err)
+	}
+	if err := a.metrics.watch(a.ctx.GetMetricsRegistry(), store); err != nil {
+		return fmt.Errorf("agentwrit: metrics: %w", err)
+	}
+	a.run.broker.Store(b)
+	info := store.Info()
+	a.ctx.Logger().Info("agentwrit broker started",
+		zap.String("database", info.Kind), zap.String("location", info.Location), zap.Bool("shared", info.Shared))
+	return nil
+}
 
 // Stop implements caddy.App; state is released in Cleanup.
 func (a *App) Stop() error { return nil }
 
-// Cleanup releases this config's hold on the shared database.
+// Cleanup releases this config's hold on the shared database and metrics.
 func (a *App) Cleanup() error {
-	if a.broker == nil {
+	if a.run == nil {
 		return nil
 	}
-	return releaseStore(a.dbPath)
+	if b := a.run.broker.Load(); b != nil {
+		b.Close()
+	}
+	a.metrics.release()
+	if !a.holds {
+		return nil
+	}
+	return releaseStore(a.dsn)
 }
 
-// Broker returns the embedded broker (nil before Provision).
-func (a *App) Broker() *broker.Broker { return a.broker }
+// errNotStarted: the app's Start did not succeed.
+var errNotStarted = errors.New("agentwrit: the embedded broker did not start")
+
+// Broker returns the embedded broker, waiting for Start if it has not run
+// yet (handlers of a config start serving before all apps have started).
+func (a *App) Broker(ctx context.Context) (*broker.Broker, error) {
+	if b := a.run.broker.Load(); b != nil {
+		return b, nil
+	}
+	select {
+	case <-a.run.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if b := a.run.broker.Load(); b != nil {
+		return b, nil
+	}
+	return nil, errNotStarted
+}
 
 // clientIP is Caddy's idea of the client address: it honours
 // trusted_proxies, where upstream trusted X-Forwarded-For blindly (D11).
@@ -160,62 +241,22 @@ func clientIP(r *http.Request) string {
 	return r.RemoteAddr
 }
 
-// UnmarshalCaddyfile sets up the app from the global option:
-//
-//	agentwrit {
-//		admin_secret    <secret or bcrypt hash>
-//		trust_domain    <domain>
-//		issuer          <iss>
-//		audience        <aud>
-//		default_ttl     <duration>
-//		max_ttl         <duration>
-//		admin_token_ttl <duration>
-//		app_token_ttl   <duration>
-//		database        <path>
-//		signing_key     <pem file>
-//	}
-func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // option name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
-		name := d.Val()
-		strs := map[string]*string{
-			"admin_secret": &a.AdminSecret, "trust_domain": &a.TrustDomain, "issuer": &a.Issuer,
-			"audience": &a.Audience, "database": &a.Database, "signing_key": &a.SigningKey,
-		}
-		durs := map[string]*caddy.Duration{
-			"default_ttl": &a.DefaultTTL, "max_ttl": &a.MaxTTL, "admin_token_ttl": &a.AdminTokenTTL, "app_token_ttl": &a.AppTokenTTL,
-		}
-		args := d.RemainingArgs()
-		if len(args) != 1 {
-			if name == "admin_secret" && len(args) == 0 {
-				return d.Err("admin_secret needs a value; if you wrote {$AGENTWRIT_ADMIN_SECRET}, that environment variable is empty or unset")
-			}
-			return d.Errf("%s takes exactly one argument", name)
-		}
-		if p, ok := strs[name]; ok {
-			*p = args[0]
-			continue
-		}
-		if p, ok := durs[name]; ok {
-			dur, err := caddy.ParseDuration(args[0])
-			if err != nil {
-				return d.Errf("%s: %v", name, err)
-			}
-			*p = caddy.Duration(dur)
-			continue
-		}
-		return d.Errf("unrecognized agentwrit option %q", name)
-	}
+// stopHandler runs a function on a Caddy event.
+type stopHandler func()
+
+func (f stopHandler) Handle(context.Context, caddy.Event) error {
+	f()
 	return nil
 }
 
-func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
-	app := new(App)
-	if err := app.UnmarshalCaddyfile(d); err != nil {
+// appOf returns the agentwrit app of ctx's config, or nil if it has none.
+func appOf(ctx caddy.Context) (*App, error) {
+	app, err := ctx.AppIfConfigured("agentwrit")
+	switch {
+	case errors.Is(err, caddy.ErrNotConfigured):
+		return nil, nil
+	case err != nil:
 		return nil, err
 	}
-	return httpcaddyfile.App{Name: "agentwrit", Value: caddyconfig.JSON(app, nil)}, nil
+	return app.(*App), nil
 }

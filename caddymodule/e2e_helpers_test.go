@@ -153,6 +153,14 @@ func (e *env) start(gateway string) {
 	require.NoError(e.t, e.load(e.caddyfile(gateway)))
 }
 
+// restart stops Caddy (everything it held is closed) and starts it again
+// on the same database.
+func (e *env) restart(gateway string) {
+	e.t.Helper()
+	require.NoError(e.t, caddy.Stop())
+	e.start(gateway)
+}
+
 func (e *env) brokerURL(path string) string {
 	return fmt.Sprintf("http://127.0.0.1:%d%s", e.brokerPort, path)
 }

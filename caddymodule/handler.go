@@ -2,22 +2,15 @@ package caddymodule
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker/remote"
@@ -26,31 +19,7 @@ import (
 
 func init() {
 	caddy.RegisterModule(Handler{})
-	httpcaddyfile.RegisterHandlerDirective("agentwrit", parseHandler)
-	httpcaddyfile.RegisterDirectiveOrder("agentwrit", httpcaddyfile.Before, "basic_auth")
 }
-
-// Identity headers the backend receives on an allowed request. Copies sent
-// by the client are deleted from every request, allowed or not.
-const (
-	HeaderAgentID = "X-AgentWrit-Agent-ID"
-	HeaderTaskID  = "X-AgentWrit-Task-ID"
-	HeaderOrchID  = "X-AgentWrit-Orch-ID"
-	HeaderScope   = "X-AgentWrit-Scope"
-	HeaderJTI     = "X-AgentWrit-JTI"
-)
-
-// Canonical forms, so that direct map writes (no per-request
-// canonicalization) and the client-side deletes agree on the key.
-var (
-	keyAgentID = http.CanonicalHeaderKey(HeaderAgentID)
-	keyTaskID  = http.CanonicalHeaderKey(HeaderTaskID)
-	keyOrchID  = http.CanonicalHeaderKey(HeaderOrchID)
-	keyScope   = http.CanonicalHeaderKey(HeaderScope)
-	keyJTI     = http.CanonicalHeaderKey(HeaderJTI)
-
-	identityHeaders = []string{keyAgentID, keyTaskID, keyOrchID, keyScope, keyJTI}
-)
 
 // Values of Handler.Unmapped and Handler.Mode.
 const (
@@ -59,6 +28,12 @@ const (
 	ModeEnforce           = "enforce"
 	ModeReport            = "report"
 )
+
+// DefaultRefuseBodyOn are the methods whose requests may not carry a body
+// unless refuse_body_on says otherwise: HTTP gives a body on them no
+// meaning, and a backend that never reads one would take its bytes for
+// the next request on the connection, one the gateway never checked.
+var DefaultRefuseBodyOn = []string{"GET", "HEAD", "OPTIONS", "TRACE"}
 
 // Handler enforces AgentWrit tokens in front of the next handler: it
 // checks that the path is canonical, finds the route's rule, validates the
@@ -77,17 +52,21 @@ type Handler struct {
 	// Mode "report" decides, logs, audits and counts, but lets every
 	// request through; "enforce" (default) acts on the decision.
 	Mode string `json:"mode,omitempty"`
-	// Broker, when set, validates tokens through an external broker's
-	// POST /v1/token/validate (remote mode); nil uses the embedded broker
-	// of the agentwrit app.
+	// RefuseBodyOn lists the methods whose requests are refused (400)
+	// when they carry a body, on every route (default
+	// DefaultRefuseBodyOn; an empty list refuses none).
+	RefuseBodyOn []string `json:"refuse_body_on,omitempty"`
+	// Broker, when set, validates tokens through an external broker
+	// (remote mode); nil uses the embedded broker of the agentwrit app.
 	Broker *RemoteBroker `json:"broker,omitempty"`
 
 	routes    *scopemap.Map
 	validator validator
 	remote    *remote.Validator // remote mode only, for Cleanup
-	broker    *broker.Broker    // embedded broker, for the audit chain
+	app       *App              // the agentwrit app, if configured: the audit chain and its audience
 	audience  string
-	metrics   *gatewayMetrics
+	noBody    []string
+	metrics   *collectors
 	allowed   prometheus.Counter // hot-path counters, resolved once
 	public    prometheus.Counter
 	logger    *zap.Logger
@@ -98,12 +77,29 @@ var (
 	_ caddy.Validator             = (*Handler)(nil)
 	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
-	_ caddyfile.Unmarshaler       = (*Handler)(nil)
 )
 
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{ID: "http.handlers.agentwrit", New: func() caddy.Module { return new(Handler) }}
+}
+
+// validator turns a bearer token into verified claims. On
+// broker.ErrRevoked it may return the token's claims too, for the log.
+type validator interface {
+	Validate(ctx context.Context, token string) (*broker.Claims, error)
+}
+
+// embedded validates in-process against the agentwrit app's broker: a map
+// lookup for a token seen before, and always a live revocation check.
+type embedded struct{ app *App }
+
+func (e embedded) Validate(ctx context.Context, tok string) (*broker.Claims, error) {
+	b, err := e.app.Broker(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", broker.ErrUnavailable, err)
+	}
+	return b.Verify(ctx, tok)
 }
 
 // Provision compiles the rules and connects to the embedded broker, or, in
@@ -112,43 +108,59 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // the agentwrit app is optional: if configured, denials go to its audit
 // chain and its audience is required; otherwise neither applies.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	h.logger = ctx.Logger()
+	app, err := appOf(ctx)
+	if err != nil {
+		return err
+	}
+	if app == nil && h.Broker == nil {
+		return errors.New("agentwrit: no broker: add the agentwrit global option to run the embedded broker, or use broker <url> for a remote one")
+	}
+	col, err := loadCollectors(ctx.GetMetricsRegistry())
+	if err != nil {
+		return fmt.Errorf("agentwrit: metrics: %w", err)
+	}
+	var v validator
+	if h.Broker == nil {
+		v = embedded{app}
+	} else if h.remote, err = h.Broker.newValidator(col.remote, ctx.Slogger()); err != nil {
+		col.release()
+		return fmt.Errorf("agentwrit: %w", err)
+	} else {
+		v = h.remote
+	}
+	if err := h.setup(v, app, col, ctx.Logger()); err != nil {
+		h.Cleanup()
+		return err
+	}
+	return nil
+}
+
+// setup finishes a Handler around v: what Provision and the tests share.
+func (h *Handler) setup(v validator, app *App, col *collectors, logger *zap.Logger) error {
 	var err error
 	if h.routes, err = scopemap.Compile(h.Rules); err != nil {
 		return fmt.Errorf("agentwrit: %w", err)
 	}
-	if h.metrics, err = newGatewayMetrics(ctx.GetMetricsRegistry()); err != nil {
-		return fmt.Errorf("agentwrit: metrics: %w", err)
+	h.validator, h.app, h.metrics, h.logger = v, app, col, logger
+	if app != nil {
+		h.audience = app.Audience
 	}
-	h.allowed = h.metrics.decisions.WithLabelValues("allow", "ok")
-	h.public = h.metrics.decisions.WithLabelValues("allow", "public")
-	app, err := ctx.AppIfConfigured("agentwrit")
-	switch {
-	case errors.Is(err, caddy.ErrNotConfigured) && h.Broker != nil:
-	case errors.Is(err, caddy.ErrNotConfigured):
-		return errors.New("agentwrit: no broker: add the agentwrit global option to run the embedded broker, or use broker <url> for a remote one")
-	case err != nil:
-		return err
-	default:
-		a := app.(*App)
-		h.broker, h.audience = a.broker, a.Audience
+	h.noBody = h.RefuseBodyOn
+	if h.noBody == nil {
+		h.noBody = DefaultRefuseBodyOn
 	}
-	if h.Broker == nil {
-		h.validator = embedded{h.broker}
-		return nil
-	}
-	if h.remote, err = h.Broker.newValidator(ctx.GetMetricsRegistry(), ctx.Slogger()); err != nil {
-		return fmt.Errorf("agentwrit: %w", err)
-	}
-	h.validator = h.remote
+	h.allowed = col.gateway.decisions.WithLabelValues("allow", "ok")
+	h.public = col.gateway.decisions.WithLabelValues("allow", "public")
 	return nil
 }
 
-// Cleanup releases the remote validator's connections and cache.
+// Cleanup releases the remote validator's connections and cache, and this
+// handler's use of the metrics.
 func (h *Handler) Cleanup() error {
 	if h.remote != nil {
 		h.remote.Close()
 	}
+	h.metrics.release()
 	return nil
 }
 
@@ -164,307 +176,13 @@ func (h *Handler) Validate() error {
 	default:
 		return fmt.Errorf("agentwrit: mode must be %q or %q, not %q", ModeEnforce, ModeReport, h.Mode)
 	}
-	return nil
-}
-
-// validator turns a bearer token into verified claims: embedded or
-// *remote.Validator.
-type validator interface {
-	Validate(ctx context.Context, token string) (*broker.Claims, error)
-}
-
-// embedded validates in-process: a map lookup for a token seen before, and
-// always a live revocation check.
-type embedded struct{ b *broker.Broker }
-
-func (e embedded) Validate(ctx context.Context, tok string) (*broker.Claims, error) {
-	return e.b.Verify(ctx, tok)
-}
-
-// denial is why a request is refused.
-type denial struct {
-	status    int
-	errType   string
-	detail    string // for the client: generic, never token material
-	reason    string // for logs and metrics
-	challenge string // WWW-Authenticate
-	event     string // audit event type, "" for none
-	claims    *broker.Claims
-	rule      *scopemap.Rule // the matched rule, for the log
-	cause     error
-}
-
-func bearerToken(r *http.Request) (string, bool) {
-	auth := r.Header.Get("Authorization")
-	if len(auth) < 7 || !strings.EqualFold(auth[:7], "Bearer ") {
-		return "", false
-	}
-	tok := strings.TrimSpace(auth[7:])
-	return tok, tok != ""
-}
-
-const realm = `Bearer realm="agentwrit"`
-
-// ServeHTTP enforces: canonical path → rule → token → validate → scope → act.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	for _, k := range identityHeaders {
-		delete(r.Header, k)
-	}
-	raw := r.URL.EscapedPath()
-	if err := scopemap.CheckCanonical(raw); err != nil {
-		return h.deny(w, r, next, &denial{status: http.StatusBadRequest, errType: broker.ErrTypeInvalidRequest,
-			detail: "request path is not canonical", reason: "non_canonical_path", cause: err})
-	}
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	m, found, lookupErr := h.routes.Lookup(r.Method, raw, repl.GetString)
-	if found && m.Public {
-		h.public.Inc()
-		return next.ServeHTTP(w, r)
-	}
-	if !found && lookupErr == nil && h.Unmapped != UnmappedAuthenticated {
-		return h.deny(w, r, next, &denial{status: http.StatusForbidden, errType: "route_not_mapped",
-			detail: "no rule maps this route", reason: "route_not_mapped"})
-	}
-	tok, ok := bearerToken(r)
-	if !ok {
-		return h.deny(w, r, next, &denial{status: http.StatusUnauthorized, errType: broker.ErrTypeUnauthorized,
-			detail: "missing bearer token", reason: "missing_token", challenge: realm, event: broker.EventTokenAuthFailed})
-	}
-	c, err := h.validator.Validate(r.Context(), tok)
-	if err == nil && h.audience != "" && !slices.Contains(c.Aud, h.audience) {
-		c, err = nil, broker.ErrAudienceMismatch
-	}
-	if err != nil {
-		d := &denial{status: http.StatusUnauthorized, errType: broker.ErrTypeUnauthorized,
-			detail: "token verification failed", reason: "invalid_token",
-			challenge: realm + `, error="invalid_token"`, event: broker.EventTokenAuthFailed, cause: err}
-		switch {
-		case errors.Is(err, remote.ErrUnavailable):
-			d = &denial{status: http.StatusServiceUnavailable, errType: "broker_unavailable",
-				detail: "token validation is temporarily unavailable", reason: "broker_unavailable", cause: err}
-		case errors.Is(err, broker.ErrRevoked):
-			d.reason, d.event = "revoked", broker.EventTokenRevokedAccess
-		}
-		return h.deny(w, r, next, d)
-	}
-	if lookupErr != nil {
-		return h.deny(w, r, next, &denial{status: http.StatusForbidden, errType: broker.ErrTypeInsufficientScope,
-			detail: "a path value cannot form a valid scope", reason: "bad_scope_value",
-			challenge: realm + `, error="insufficient_scope"`, event: broker.EventScopeViolation, claims: c, rule: m.Rule, cause: lookupErr})
-	}
-	for _, s := range m.Required {
-		if !scopemap.Covers(c.Scope, s) {
-			req := strings.Join(m.Required, " ")
-			return h.deny(w, r, next, &denial{status: http.StatusForbidden, errType: broker.ErrTypeInsufficientScope,
-				detail: "token lacks required scope: " + req, reason: "insufficient_scope",
-				challenge: realm + `, error="insufficient_scope", scope="` + quoteEscape(req) + `"`,
-				event:     broker.EventScopeViolation, claims: c, rule: m.Rule})
-		}
-	}
-	h.allow(r, repl, c, m.Required)
-	h.allowed.Inc()
-	return next.ServeHTTP(w, r)
-}
-
-// allow hands the agent's identity to the backend and to Caddy's logs.
-// One replacer provider serves every placeholder lazily, and the five
-// header values share one backing array: the allowed path is hot.
-func (h *Handler) allow(r *http.Request, repl *caddy.Replacer, c *broker.Claims, required []string) {
-	scope := joinScopes(c.Scope)
-	vals := [...]string{c.Sub, c.TaskID, c.OrchID, scope, c.Jti}
-	hv := vals[:]
-	hd := r.Header
-	hd[keyAgentID], hd[keyTaskID], hd[keyOrchID], hd[keyScope], hd[keyJTI] = hv[0:1:1], hv[1:2:2], hv[2:3:3], hv[3:4:4], hv[4:5:5]
-	if h.ForwardToken != nil && !*h.ForwardToken {
-		delete(hd, "Authorization")
-	}
-	repl.Map(func(key string) (any, bool) {
-		switch key {
-		case "http.auth.user.id", "agentwrit.agent_id":
-			return c.Sub, true
-		case "agentwrit.task_id":
-			return c.TaskID, true
-		case "agentwrit.orch_id":
-			return c.OrchID, true
-		case "agentwrit.jti":
-			return c.Jti, true
-		case "agentwrit.scope":
-			return scope, true
-		case "agentwrit.required_scope":
-			return joinScopes(required), true
-		case "agentwrit.delegation_depth":
-			return strconv.Itoa(len(c.DelegationChain)), true
-		}
-		return nil, false
-	})
-}
-
-// joinScopes is strings.Join(s, " ") without an allocation for one scope.
-func joinScopes(s []string) string {
-	if len(s) == 1 {
-		return s[0]
-	}
-	return strings.Join(s, " ")
-}
-
-func (h *Handler) count(result, reason string) {
-	h.metrics.decisions.WithLabelValues(result, reason).Inc()
-}
-
-// quoteEscape makes s safe inside a quoted-string: path values may carry
-// '"' or '\' into a required scope.
-func quoteEscape(s string) string {
-	if !strings.ContainsAny(s, `"\`) {
-		return s
-	}
-	return strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s)
-}
-
-// tokenHash is a short, non-reversible handle on a token for logs.
-func tokenHash(r *http.Request) string {
-	tok, ok := bearerToken(r)
-	if !ok {
-		return ""
-	}
-	sum := sha256.Sum256([]byte(tok))
-	return hex.EncodeToString(sum[:6])
-}
-
-// deny logs, counts and audits a refusal, then answers it — or, in report
-// mode, lets the request through anyway.
-func (h *Handler) deny(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d *denial) error {
-	report := h.Mode == ModeReport
-	result := "deny"
-	if report {
-		result = "report"
-	}
-	h.count(result, d.reason)
-	agent := ""
-	if d.claims != nil {
-		agent = d.claims.Sub
-	}
-	resource := r.Method + " " + r.URL.Path
-	// An agent overstepping its scope is worth an operator's attention;
-	// anonymous junk is not, unless debugging.
-	level := zapcore.DebugLevel
-	if d.claims != nil || d.reason == "revoked" {
-		level = zapcore.InfoLevel
-	}
-	if ce := h.logger.Check(level, "agentwrit denied request"); ce != nil {
-		fields := []zap.Field{zap.String("reason", d.reason), zap.String("resource", resource),
-			zap.Int("status", d.status), zap.Bool("report_only", report)}
-		if d.rule != nil {
-			fields = append(fields, zap.Stringer("rule", d.rule))
-		}
-		if agent != "" {
-			fields = append(fields, zap.String("agent_id", agent))
-		}
-		if th := tokenHash(r); th != "" {
-			fields = append(fields, zap.String("token_sha256_prefix", th))
-		}
-		if d.cause != nil {
-			fields = append(fields, zap.String("cause", d.cause.Error()))
-		}
-		ce.Write(fields...)
-	}
-	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
-		extra.Set(zap.String("agentwrit_decision", result+":"+d.reason))
-	}
-	if d.event != "" && h.broker != nil {
-		detail := d.reason
-		if d.cause != nil {
-			detail += ": " + d.cause.Error()
-		}
-		h.broker.RecordDenial(r.Context(), broker.Denial{EventType: d.event, Claims: d.claims, Resource: resource, Detail: detail})
-	}
-	if report {
-		return next.ServeHTTP(w, r)
-	}
-	if d.challenge != "" {
-		w.Header().Set("WWW-Authenticate", d.challenge)
-	}
-	if d.status == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", "5")
-	}
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	broker.NewProblem(d.status, d.errType, d.detail, r.URL.Path, repl.ReplaceAll("{http.request.uuid}", "")).Write(w)
-	return nil
-}
-
-// UnmarshalCaddyfile sets up the handler:
-//
-//	agentwrit [<matcher>] {
-//		broker   embedded | <url> [{
-//			cache_ttl          <duration>
-//			cache_size         <entries>
-//			negative_cache_ttl <duration>
-//			timeout            <duration>
-//			stale_if_error     <duration>
-//			tls_ca             <pem file>
-//			tls_client_cert    <cert pem file> <key pem file>
-//		}]
-//		require  <METHODS> <pattern> <scope...>
-//		public   <METHODS> <pattern>
-//		unmapped deny|authenticated
-//		forward_token on|off
-//		mode     enforce|report
-//	}
-func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // directive name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
-		switch opt := d.Val(); opt {
-		case "require", "public":
-			rule, err := scopemap.ParseRule(append([]string{opt}, d.RemainingArgs()...))
-			if err != nil {
-				return d.Errf("%v", err)
-			}
-			h.Rules = append(h.Rules, rule)
-		case "broker":
-			rb, err := parseBrokerOption(d)
-			if err != nil {
-				return err
-			}
-			h.Broker = rb
-		case "unmapped", "mode":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			v := d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			if opt == "unmapped" {
-				h.Unmapped = v
-			} else {
-				h.Mode = v
-			}
-		case "forward_token":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			var on bool
-			switch d.Val() {
-			case "on":
-				on = true
-			case "off":
-			default:
-				return d.Errf("forward_token must be on or off, not %q", d.Val())
-			}
-			h.ForwardToken = &on
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		default:
-			return d.Errf("unrecognized agentwrit subdirective %q", opt)
+	for _, m := range h.RefuseBodyOn {
+		if m == "" || m != strings.ToUpper(m) {
+			return fmt.Errorf("agentwrit: refuse_body_on: %q is not an upper-case method", m)
 		}
 	}
 	return nil
 }
 
-func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	m := new(Handler)
-	return m, m.UnmarshalCaddyfile(h.Dispenser)
-}
+// refusesBody reports whether a request with method may carry no body.
+func (h *Handler) refusesBody(method string) bool { return slices.Contains(h.noBody, method) }

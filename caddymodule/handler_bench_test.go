@@ -15,7 +15,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
@@ -72,13 +71,7 @@ func BenchmarkHandlerAllowed(b *testing.B) {
 		{Methods: []string{"POST"}, Pattern: "/orders/{id}", Scopes: []string{"write:orders:{id}"}},
 		{Public: true, Methods: []string{"GET"}, Pattern: "/healthz"},
 	}
-	routes, err := scopemap.Compile(rules)
-	if err != nil {
-		b.Fatal(err)
-	}
-	gm, _ := newGatewayMetrics(prometheus.NewRegistry())
-	h := &Handler{Rules: rules, routes: routes, validator: embedded{br}, broker: br, metrics: gm, logger: zap.NewNop(),
-		allowed: gm.decisions.WithLabelValues("allow", "ok"), public: gm.decisions.WithLabelValues("allow", "public")}
+	h := testHandler(b, &Handler{Rules: rules}, nil, appFor(br), testCollectors(b, prometheus.NewRegistry()), nil)
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
 	req := httptest.NewRequest("GET", "/orders/42", nil)
 	req.Header.Set("Authorization", "Bearer "+tok)

@@ -22,13 +22,8 @@ import (
 func TestDenialLogLine(t *testing.T) {
 	br, tok := benchBroker(t, "read:orders:1")
 	rules := []scopemap.Rule{{Methods: []string{"GET"}, Pattern: "/orders/{id}", Scopes: []string{"read:orders:{id}"}}}
-	routes, err := scopemap.Compile(rules)
-	if err != nil {
-		t.Fatal(err)
-	}
 	core, logs := observer.New(zapcore.DebugLevel)
-	gm, _ := newGatewayMetrics(prometheus.NewRegistry())
-	h := &Handler{Rules: rules, routes: routes, validator: embedded{br}, broker: br, metrics: gm, logger: zap.New(core)}
+	h := testHandler(t, &Handler{Rules: rules}, nil, appFor(br), testCollectors(t, prometheus.NewRegistry()), zap.New(core))
 	req := httptest.NewRequest("GET", "/orders/2", nil)
 	req.Header.Set("Authorization", "Bearer "+tok)
 	req = req.WithContext(context.WithValue(req.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))

@@ -12,23 +12,24 @@ import (
 )
 
 // stores holds one open broker.Store per database (file path or URL). A
-// reload provisions the new config before the old one is cleaned up, so
-// both share the store (its revocation index, audit appender and nonces)
-// instead of opening the database twice; the last user to leave closes it.
+// reload provisions and starts the new config before the old one is
+// cleaned up, so both share the store (its revocation index, audit
+// appender, denial counts and nonces) instead of opening the database
+// twice; the last user to leave closes it.
 var stores = caddy.NewUsagePool()
 
 type storeDestructor struct{ *broker.Store }
 
 func (s storeDestructor) Destruct() error { return s.Store.Close() }
 
-func loadStore(ctx context.Context, dsn string, o broker.StoreOptions, log *slog.Logger) (*broker.Store, error) {
+func loadStore(ctx context.Context, dsn string, do storage.Options, so broker.StoreOptions, log *slog.Logger) (*broker.Store, error) {
 	v, _, err := stores.LoadOrNew(dsn, func() (caddy.Destructor, error) {
-		db, err := storage.Open(ctx, dsn, storage.Options{})
+		db, err := storage.Open(ctx, dsn, do)
 		if err != nil {
 			return nil, err
 		}
-		o.Logger = log
-		s, err := broker.NewStore(ctx, db, o)
+		so.Logger = log
+		s, err := broker.NewStore(ctx, db, so)
 		if err != nil {
 			db.Close()
 			return nil, err

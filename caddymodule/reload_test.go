@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/stretchr/testify/require"
 )
 
@@ -88,8 +87,7 @@ func TestRestartKeepsState(t *testing.T) {
 	resp, _ := call(t, "POST", e.brokerURL("/v1/revoke"), e.adminToken(), map[string]string{"level": "agent", "target": revokedID})
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 
-	require.NoError(t, caddy.Stop())
-	e.start(gatewayRules)
+	e.restart(gatewayRules)
 
 	resp, _ = call(t, "GET", e.gatewayURL("/orders/1"), live, nil)
 	require.Equal(t, http.StatusOK, resp.StatusCode)

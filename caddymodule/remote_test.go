@@ -20,7 +20,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/zap"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker/remote"
 	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
@@ -45,15 +44,11 @@ func newGateway(t testing.TB, rb *RemoteBroker) *gateway {
 		{Methods: []string{"GET"}, Pattern: "/orders/{id}", Scopes: []string{"read:orders:{id}"}},
 		{Public: true, Methods: []string{"GET"}, Pattern: "/healthz"},
 	}
-	routes, err := scopemap.Compile(rules)
-	require.NoError(t, err)
 	reg := prometheus.NewRegistry()
-	gm, err := newGatewayMetrics(reg)
+	col := testCollectors(t, reg)
+	v, err := rb.newValidator(col.remote, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
-	v, err := rb.newValidator(reg, slog.New(slog.DiscardHandler))
-	require.NoError(t, err)
-	h := &Handler{Rules: rules, Broker: rb, routes: routes, validator: v, remote: v, metrics: gm, logger: zap.NewNop(),
-		allowed: gm.decisions.WithLabelValues("allow", "ok"), public: gm.decisions.WithLabelValues("allow", "public")}
+	h := testHandler(t, &Handler{Rules: rules, Broker: rb, remote: v}, v, nil, col, nil)
 	t.Cleanup(func() { _ = h.Cleanup() })
 	return &gateway{h: h, reg: reg}
 }
@@ -157,7 +152,7 @@ func TestRemoteOptions(t *testing.T) {
 	o, err = (&RemoteBroker{URL: " {env.AGENTWRIT_TEST_BROKER} "}).options()
 	require.NoError(t, err)
 	require.Equal(t, "http://127.0.0.1:9", o.URL)
-	v, err := (&RemoteBroker{URL: "{env.AGENTWRIT_TEST_BROKER}"}).newValidator(prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	v, err := (&RemoteBroker{URL: "{env.AGENTWRIT_TEST_BROKER}"}).newValidator(newCollectors().remote, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	v.Close()
 	o, err = (&RemoteBroker{URL: "https://127.0.0.1", TLSCA: "{env.AGENTWRIT_TEST_CA}"}).options()
@@ -187,7 +182,7 @@ func TestRemoteOptions(t *testing.T) {
 		{RemoteBroker{URL: "https://b", TLSClientCert: &RemoteClientCert{garbage, pki.ClientKeyFile}}, "tls_client_cert"},
 		{RemoteBroker{URL: "https://b", TLSClientCert: &RemoteClientCert{pki.ClientCertFile, filepath.Join(dir, "nokey")}}, "no such file"},
 	} {
-		_, err := c.rb.newValidator(prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+		_, err := c.rb.newValidator(newCollectors().remote, slog.New(slog.DiscardHandler))
 		require.ErrorContains(t, err, c.want, "%+v", c.rb)
 	}
 }
@@ -312,13 +307,11 @@ func TestRemoteGateway(t *testing.T) {
 }
 
 // TestRemoteMetrics: each Observer event lands on its Prometheus series,
-// and two handlers of one config share them.
+// and two handlers share them.
 func TestRemoteMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m, err := newRemoteMetrics(reg)
-	require.NoError(t, err)
-	again, err := newRemoteMetrics(reg)
-	require.NoError(t, err, "a second handler of the same config")
+	m := testCollectors(t, reg).remote
+	again := m
 	var o remote.Observer = m
 	o.CacheHit()
 	o.CacheMiss()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker/storage/sqlite"
@@ -17,6 +18,13 @@ import (
 type Options struct {
 	// ReadOnly opens without writing anything (offline verification).
 	ReadOnly bool
+	// MaxConns is PostgreSQL's connection pool size per process; 0 means
+	// postgres.DefaultMaxConns. SQLite ignores it (one connection).
+	MaxConns int32
+	// StatementTimeout bounds each PostgreSQL statement; 0 means
+	// postgres.DefaultStatementTimeout, negative disables it. SQLite
+	// ignores it.
+	StatementTimeout time.Duration
 }
 
 // IsURL reports whether dsn names a PostgreSQL database rather than a file.

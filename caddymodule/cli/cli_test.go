@@ -415,7 +415,7 @@ func TestCommandAuditVerifyPages(t *testing.T) {
 	orig := filepath.Join(dir, "broker.db")
 	tb := startCmdTestBroker(t, orig, "")
 	for i := range 1010 {
-		tb.Broker.RecordDenial(t.Context(), broker.Denial{EventType: broker.EventScopeViolation, Resource: "GET /x", Detail: fmt.Sprint("n=", i)})
+		tb.Broker.RecordDenial(t.Context(), broker.Denial{EventType: broker.EventScopeViolation, Claims: &broker.Claims{Sub: "spiffe://agentwrit.local/agent/o/t/1"}, Resource: "GET /x", Detail: fmt.Sprint("n=", i)})
 	}
 	r := tb.admin("audit", "verify")
 	requireOK(t, r)

@@ -1,0 +1,342 @@
+package caddymodule
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
+)
+
+// Caddyfile parsing of the global option and both directives, in one
+// place. Directive order is registered so that no `order` option is
+// needed: agentwrit before basic_auth, agentwrit_broker beside respond.
+func init() {
+	httpcaddyfile.RegisterGlobalOption("agentwrit", parseGlobalOption)
+	httpcaddyfile.RegisterHandlerDirective("agentwrit", parseHandler)
+	httpcaddyfile.RegisterDirectiveOrder("agentwrit", httpcaddyfile.Before, "basic_auth")
+	httpcaddyfile.RegisterHandlerDirective("agentwrit_broker", parseBrokerHandler)
+	httpcaddyfile.RegisterDirectiveOrder("agentwrit_broker", httpcaddyfile.Before, "respond")
+}
+
+var (
+	_ caddyfile.Unmarshaler = (*App)(nil)
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler = (*BrokerHandler)(nil)
+)
+
+// oneArg reads the single argument of the current option.
+func oneArg(d *caddyfile.Dispenser) (string, error) {
+	args := d.RemainingArgs()
+	if len(args) != 1 {
+		return "", d.Errf("%s takes exactly one argument", d.Val())
+	}
+	return args[0], nil
+}
+
+// durationArg reads a duration argument.
+func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	name := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil {
+		return 0, d.Errf("%s: %v", name, err)
+	}
+	return caddy.Duration(dur), nil
+}
+
+// choiceArg reads an argument that must be one of choices.
+func choiceArg(d *caddyfile.Dispenser, choices ...string) (string, error) {
+	name := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return "", err
+	}
+	for _, c := range choices {
+		if v == c {
+			return v, nil
+		}
+	}
+	return "", d.Errf("%s must be %s, not %q", name, strings.Join(choices, " or "), v)
+}
+
+// UnmarshalCaddyfile sets up the app from the global option:
+//
+//	agentwrit {
+//		admin_secret    <secret or bcrypt hash>
+//		trust_domain    <domain>
+//		issuer          <iss>
+//		audience        <aud>
+//		default_ttl     <duration>
+//		max_ttl         <duration>
+//		admin_token_ttl <duration>
+//		app_token_ttl   <duration>
+//		database        <path or postgres:// URL> [{
+//			pool_size         <connections>
+//			statement_timeout <duration>
+//		}]
+//		max_revocation_staleness <duration>
+//		signing_key     <pem file>
+//	}
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		name := d.Val()
+		strs := map[string]*string{
+			"admin_secret": &a.AdminSecret, "trust_domain": &a.TrustDomain, "issuer": &a.Issuer,
+			"audience": &a.Audience, "signing_key": &a.SigningKey,
+		}
+		durs := map[string]*caddy.Duration{
+			"default_ttl": &a.DefaultTTL, "max_ttl": &a.MaxTTL, "admin_token_ttl": &a.AdminTokenTTL,
+			"app_token_ttl": &a.AppTokenTTL, "max_revocation_staleness": &a.MaxRevocationStaleness,
+		}
+		if p, ok := strs[name]; ok {
+			args := d.RemainingArgs()
+			switch {
+			case name == "admin_secret" && len(args) == 0:
+				return d.Err("admin_secret needs a value; if you wrote {$AGENTWRIT_ADMIN_SECRET}, that environment variable is empty or unset (prefer {env.AGENTWRIT_ADMIN_SECRET}, read when the config loads)")
+			case len(args) != 1:
+				return d.Errf("%s takes exactly one argument", name)
+			}
+			*p = args[0]
+			continue
+		}
+		if p, ok := durs[name]; ok {
+			v, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			*p = v
+			continue
+		}
+		if name != "database" {
+			return d.Errf("unrecognized agentwrit option %q", name)
+		}
+		v, err := oneArg(d)
+		if err != nil {
+			return err
+		}
+		a.Database = v
+		for nesting := d.Nesting(); d.NextBlock(nesting); {
+			switch d.Val() {
+			case "pool_size":
+				v, err := oneArg(d)
+				if err != nil {
+					return err
+				}
+				n, perr := strconv.Atoi(v)
+				if perr != nil || n < 1 {
+					return d.Errf("pool_size must be a positive integer, not %q", v)
+				}
+				a.DatabasePoolSize = n
+			case "statement_timeout":
+				if a.DatabaseStatementTimeout, err = durationArg(d); err != nil {
+					return err
+				}
+			default:
+				return d.Errf("unrecognized database option %q", d.Val())
+			}
+		}
+	}
+	return nil
+}
+
+func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
+	app := new(App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "agentwrit", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile: the directive takes no arguments.
+//
+//	agentwrit_broker [<matcher>]
+func (h *BrokerHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	if d.NextArg() || d.NextBlock(0) {
+		return d.Err("agentwrit_broker takes no arguments; configure the broker in the agentwrit global option")
+	}
+	return nil
+}
+
+func parseBrokerHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(BrokerHandler)
+	return m, m.UnmarshalCaddyfile(h.Dispenser)
+}
+
+// UnmarshalCaddyfile sets up the handler:
+//
+//	agentwrit [<matcher>] {
+//		broker   embedded | <url> [{ ... }]      (see parseBrokerOption)
+//		require  <METHODS> <pattern> <scope...>
+//		public   <METHODS> <pattern>
+//		unmapped deny|authenticated
+//		forward_token on|off
+//		mode     enforce|report
+//		refuse_body_on <METHODS>|off
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		var err error
+		switch opt := d.Val(); opt {
+		case "require", "public":
+			rule, err := scopemap.ParseRule(append([]string{opt}, d.RemainingArgs()...))
+			if err != nil {
+				return d.Errf("%v", err)
+			}
+			h.Rules = append(h.Rules, rule)
+		case "broker":
+			h.Broker, err = parseBrokerOption(d)
+		case "unmapped":
+			h.Unmapped, err = choiceArg(d, UnmappedDeny, UnmappedAuthenticated)
+		case "mode":
+			h.Mode, err = choiceArg(d, ModeEnforce, ModeReport)
+		case "forward_token":
+			var v string
+			if v, err = choiceArg(d, "on", "off"); err == nil {
+				on := v == "on"
+				h.ForwardToken = &on
+			}
+		case "refuse_body_on":
+			var v string
+			if v, err = oneArg(d); err == nil {
+				h.RefuseBodyOn = []string{}
+				if v != "off" {
+					h.RefuseBodyOn = strings.Split(v, ",")
+				}
+			}
+		default:
+			return d.Errf("unrecognized agentwrit subdirective %q", opt)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	return m, m.UnmarshalCaddyfile(h.Dispenser)
+}
+
+// parseBrokerOption parses the broker subdirective of agentwrit, the
+// dispenser on "broker":
+//
+//	broker embedded
+//	broker <url> [{
+//		cache_ttl          <duration>   # 0: no caching
+//		cache_size         <entries>
+//		negative_cache_ttl <duration>   # 0: no negative caching
+//		timeout            <duration>
+//		stale_if_error     <duration>
+//		tls_ca             <pem file>
+//		tls_client_cert    <cert pem file> <key pem file>
+//	}]
+//
+// It returns nil for embedded.
+func parseBrokerOption(d *caddyfile.Dispenser) (*RemoteBroker, error) {
+	if !d.NextArg() {
+		return nil, d.Err("broker needs 'embedded' or the URL of a remote broker")
+	}
+	target := d.Val()
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	nesting := d.Nesting()
+	if target == "embedded" {
+		if d.NextBlock(nesting) {
+			return nil, d.Err("broker embedded takes no options")
+		}
+		return nil, nil
+	}
+	rb := &RemoteBroker{URL: target}
+	duration := func(name string, allowZero bool) (caddy.Duration, error) {
+		if !d.NextArg() {
+			return 0, d.ArgErr()
+		}
+		v, err := caddy.ParseDuration(d.Val())
+		if err != nil {
+			return 0, d.Errf("broker %s: %v", name, err)
+		}
+		if v < 0 || (v == 0 && !allowZero) {
+			return 0, d.Errf("broker %s must be positive, not %s", name, d.Val())
+		}
+		if d.NextArg() {
+			return 0, d.ArgErr()
+		}
+		return caddy.Duration(v), nil
+	}
+	seen := map[string]bool{}
+	for d.NextBlock(nesting) {
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("broker option %s given twice", opt)
+		}
+		seen[opt] = true
+		var err error
+		switch opt {
+		case "cache_ttl", "negative_cache_ttl":
+			var v caddy.Duration
+			if v, err = duration(opt, true); err == nil {
+				if opt == "cache_ttl" {
+					rb.CacheTTL = &v
+				} else {
+					rb.NegativeCacheTTL = &v
+				}
+			}
+		case "timeout":
+			rb.Timeout, err = duration(opt, false)
+		case "stale_if_error":
+			rb.StaleIfError, err = duration(opt, true)
+		case "cache_size":
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			n, perr := strconv.Atoi(d.Val())
+			if perr != nil || n < 1 {
+				return nil, d.Errf("broker cache_size must be a positive integer, not %q (cache_ttl 0 turns caching off)", d.Val())
+			}
+			rb.CacheSize = n
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+		case "tls_ca":
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			rb.TLSCA = d.Val()
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+		case "tls_client_cert":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return nil, d.Err("broker tls_client_cert takes two arguments: the certificate file and the key file")
+			}
+			rb.TLSClientCert = &RemoteClientCert{Cert: args[0], Key: args[1]}
+		default:
+			return nil, d.Errf("unrecognized broker option %q", opt)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return rb, nil
+}
