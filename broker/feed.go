@@ -19,7 +19,8 @@ import (
 // poll: one connection carries every change the moment it commits, and
 // resuming is part of the protocol. Heartbeats every FeedHeartbeat, sent
 // only while this broker's own view is fresh, let a client notice a silent
-// break within seconds.
+// break within seconds. A "keys" event says the key set changed (a
+// rotation): fetch /.well-known/jwks.json again.
 
 // FeedScope is the scope an app's ceiling must hold for the app to read
 // the feed (exactly, as a granted scope: read:revocations:*).
@@ -104,7 +105,7 @@ func (b *Broker) handleFeed(w http.ResponseWriter, r *http.Request) {
 	recheck := time.Now().Add(feedRecheck)
 	expires := time.Unix(c.Exp, 0)
 	for {
-		changed := b.store.changes.wait()
+		changed, keys := b.store.changes.wait(), b.store.keysChanged.wait()
 		var err error
 		if last, err = b.sendRevocations(ctx, w, last); err != nil {
 			return // the client is gone, or the database is: either way the client resumes
@@ -118,6 +119,10 @@ func (b *Broker) handleFeed(w http.ResponseWriter, r *http.Request) {
 		case <-b.done:
 			return // this configuration is stopping; the client reconnects to the next
 		case <-changed:
+		case <-keys:
+			if err := writeEvent(w, "keys", "", FeedHeartbeatData{Time: formatTime(b.now()), Seq: last}); err != nil {
+				return
+			}
 		case now := <-heartbeat.C:
 			if b.store.fresh() != nil || !now.Before(expires) || b.store.revocations.Revoked(c) {
 				return // stale or no longer allowed: silence tells the client

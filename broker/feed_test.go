@@ -115,6 +115,18 @@ func TestRevocationFeed(t *testing.T) {
 		}
 	}
 
+	// A key rotation is announced, so gateways fetch the key set again.
+	require.Equal(t, http.StatusOK, e.do("POST", "/v1/admin/keys/rotate", e.cachedAdmin(), nil).Code)
+	deadline = time.After(10 * time.Second)
+	for keys := false; !keys; {
+		select {
+		case ev := <-evs:
+			keys = ev.event == "keys"
+		case <-deadline:
+			t.Fatal("no keys event")
+		}
+	}
+
 	// Resuming after an ID sends only what follows it.
 	resumed := readEvents(t, open(tok, itoa64(first.Seq)))
 	require.Equal(t, LevelAgent, nextRevocation(t, resumed).Level)

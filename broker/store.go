@@ -59,10 +59,11 @@ type Store struct {
 	opt         StoreOptions
 	log         *slog.Logger
 
-	changes  broadcast     // closed and renewed whenever revocations may have been added
-	synced   atomic.Int64  // unix nanoseconds of the last complete catch-up
-	catchUp  chan struct{} // wakes the follower; capacity 1
-	reloadMu sync.Mutex    // serializes key-ring reloads
+	changes     broadcast     // closed and renewed whenever revocations may have been added
+	keysChanged broadcast     // closed and renewed when the key ring is reloaded
+	synced      atomic.Int64  // unix nanoseconds of the last complete catch-up
+	catchUp     chan struct{} // wakes the follower; capacity 1
+	reloadMu    sync.Mutex    // serializes key-ring reloads
 
 	statsMu   sync.Mutex // guards the cached counts below
 	stats     Stats
@@ -238,7 +239,11 @@ func (s *Store) reloadKeys(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("signing keys: %w", err)
 	}
-	return s.keys.load(stored)
+	if err := s.keys.load(stored); err != nil {
+		return err
+	}
+	s.keysChanged.notify()
+	return nil
 }
 
 // watch relays the database's change notices to the follower, and
