@@ -22,6 +22,7 @@ type Database interface {
 	AgentDB
 	RevocationDB
 	AuditDB
+	UsageDB
 	// Info says what the database is, for health, status and logs.
 	Info() DatabaseInfo
 	// Ping checks that the database answers.
@@ -183,6 +184,22 @@ type AuditDB interface {
 	QueryAudit(ctx context.Context, f AuditFilter) ([]Event, int, error)
 }
 
+// UsageDB holds scope usage and decision counts (see usage.go).
+type UsageDB interface {
+	// AddUsage adds the counts of records and decisions to what is
+	// stored under their keys (hour or minute, and the rest), in one
+	// transaction.
+	AddUsage(ctx context.Context, records []UsageRecord, decisions []DecisionCount) error
+	// QueryUsage sums the usage records matching f over its time range,
+	// per agent, rule, required and granted scope and result, with the
+	// app and launch token each agent registered with.
+	QueryUsage(ctx context.Context, f UsageFilter) ([]UsageRow, error)
+	// Decisions sums decision counts per minute since t.
+	Decisions(ctx context.Context, since time.Time) ([]DecisionCount, error)
+	// PruneUsage deletes usage of hours, and decisions of minutes, before t.
+	PruneUsage(ctx context.Context, usageBefore, decisionsBefore time.Time) error
+}
+
 // Revocation is one stored revocation.
 type Revocation struct {
 	Seq       int64     `json:"seq"`
@@ -202,13 +219,17 @@ type Registration struct {
 
 // Agent is a registered agent identity.
 type Agent struct {
-	ID           string
-	PublicKey    []byte
-	OrchID       string
-	TaskID       string
-	Scope        []string
-	AppID        string
-	LaunchToken  string // hash of the launch token it registered with
+	ID          string
+	PublicKey   []byte
+	OrchID      string
+	TaskID      string
+	Scope       []string
+	AppID       string
+	LaunchToken string // hash of the launch token it registered with
+	// AgentName and LaunchScope are the launch token's name and allowed
+	// scopes, kept with the agent: the template its grant came from.
+	AgentName    string
+	LaunchScope  []string
 	RegisteredAt time.Time
 }
 

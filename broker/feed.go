@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -42,12 +43,17 @@ type FeedHeartbeatData struct {
 	Seq  int64  `json:"seq"`
 }
 
-// feedAccess reports why c may not read the feed, or "": only the token of
-// an active app whose ceiling holds FeedScope may.
+// feedAccess reports why c may not read the feed, or "".
 func (b *Broker) feedAccess(ctx context.Context, c *Claims) (string, error) {
+	return b.appHolds(ctx, c, FeedScope, "read the revocation feed")
+}
+
+// appHolds reports why c may not do what (a gateway's power), or "": only
+// the token of an active app whose ceiling holds scope, as such, may.
+func (b *Broker) appHolds(ctx context.Context, c *Claims, scope, what string) (string, error) {
 	appID, ok := strings.CutPrefix(c.Sub, "app:")
 	if !ok {
-		return "only an app token may read the revocation feed", nil
+		return "only an app token may " + what, nil
 	}
 	app, err := b.store.db.App(ctx, appID)
 	switch {
@@ -55,20 +61,10 @@ func (b *Broker) feedAccess(ctx context.Context, c *Claims) (string, error) {
 		return "app not found", nil
 	case err != nil:
 		return "", err
-	case !coversExactly(app.Scopes, FeedScope):
-		return "the app's scope ceiling does not include " + FeedScope, nil
+	case !slices.Contains(app.Scopes, scope):
+		return "the app's scope ceiling does not include " + scope, nil
 	}
 	return "", nil
-}
-
-// coversExactly reports whether granted holds required as such.
-func coversExactly(granted []string, required string) bool {
-	for _, g := range granted {
-		if g == required {
-			return true
-		}
-	}
-	return false
 }
 
 // feedStart is where a stream starts: after Last-Event-ID or ?after=.

@@ -141,7 +141,7 @@ func (b *Broker) handleRegister(w http.ResponseWriter, r *http.Request) {
 	reg := &Registration{
 		Agent: Agent{
 			ID: agentID, PublicKey: pub, OrchID: req.OrchID, TaskID: req.TaskID, Scope: req.RequestedScope,
-			AppID: lt.AppID, LaunchToken: ltHash, RegisteredAt: now.UTC(),
+			AppID: lt.AppID, LaunchToken: ltHash, AgentName: lt.AgentName, LaunchScope: lt.AllowedScope, RegisteredAt: now.UTC(),
 		},
 		Token: recordOf(&c, ""),
 	}

@@ -64,6 +64,8 @@ func (b *Broker) routes() http.Handler {
 	handle("GET", "/v1/admin/agents", b.bearer("admin:audit:*", b.handleAgents))
 	handle("GET", "/v1/admin/audit/verify", b.bearer("admin:audit:*", b.handleAuditVerify))
 	handle("GET", "/v1/revocations", b.bearer("", b.handleFeed))
+	handle("POST", "/v1/usage", b.bearer("", b.handleReportUsage))
+	handle("GET", "/v1/admin/usage", b.bearer("admin:audit:*", b.handleUsage))
 
 	route := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, p := known.Handler(r); p == "" { // D14: unknown path → problem+json, not text

@@ -34,9 +34,18 @@ type StoreOptions struct {
 	CatchUpInterval time.Duration
 	// Logger receives operational messages; nil discards them.
 	Logger *slog.Logger
+	// UsageRetention is how long scope usage is kept (0: DefaultUsageRetention).
+	UsageRetention time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
+
+// DefaultUsageRetention keeps a month of scope usage; decision counts,
+// which feed a one-hour chart, are kept two days.
+const (
+	DefaultUsageRetention = 30 * 24 * time.Hour
+	decisionRetention     = 48 * time.Hour
+)
 
 // Store is a Database plus the live state built from it that every Broker
 // of this process shares: the revocation index checked on every request,
@@ -56,6 +65,7 @@ type Store struct {
 	keys        *keyRing
 	audit       *auditLog
 	denials     *denialLog
+	usage       *UsageRecorder
 	opt         StoreOptions
 	log         *slog.Logger
 
@@ -91,6 +101,9 @@ func NewStore(ctx context.Context, db Database, o StoreOptions) (*Store, error) 
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.UsageRetention <= 0 {
+		o.UsageRetention = DefaultUsageRetention
+	}
 	s := &Store{
 		db: db, info: db.Info(), opt: o, log: o.Logger,
 		revocations: NewRevocationIndex(),
@@ -100,15 +113,18 @@ func NewStore(ctx context.Context, db Database, o StoreOptions) (*Store, error) 
 		stop:        make(chan struct{}),
 	}
 	s.denials = newDenialLog(s.writeSummary, o.Now)
+	s.usage = NewUsageRecorder(UsageOptions{Sink: db, Logger: o.Logger, Now: o.Now})
 	if n, ok := db.(NonceDB); ok {
 		s.nonces = n
 	} else {
 		s.nonces = newMemoryNonces(defaultMaxNonces)
 	}
 	if err := s.keys.loadKeys(ctx, db); err != nil {
+		s.usage.Close(ctx)
 		return nil, err
 	}
 	if err := s.catchUpRevocations(ctx); err != nil {
+		s.usage.Close(ctx)
 		return nil, err
 	}
 	s.wg.Add(1)
@@ -124,6 +140,10 @@ func NewStore(ctx context.Context, db Database, o StoreOptions) (*Store, error) 
 // Database is the store's database.
 func (s *Store) Database() Database { return s.db }
 
+// Usage is the recorder of this process's embedded gateways: they count
+// into it, and it flushes into the database; a reload loses nothing.
+func (s *Store) Usage() *UsageRecorder { return s.usage }
+
 // Info describes the store's database.
 func (s *Store) Info() DatabaseInfo { return s.info }
 
@@ -134,7 +154,10 @@ func (s *Store) Close() error {
 		close(s.stop)
 		s.wg.Wait()
 		s.denials.flush(true)
-		err = s.db.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		uerr := s.usage.Close(ctx)
+		err = errors.Join(uerr, s.db.Close())
 	})
 	return err
 }
@@ -359,6 +382,7 @@ func (s *Store) prune(now time.Time) {
 		s.nonces.PruneNonces(ctx, now),
 		s.db.PruneLaunchTokens(ctx, now.Add(-expiredRetention)),
 		s.db.PruneTokens(ctx, now.Add(-expiredRetention)),
+		s.db.PruneUsage(ctx, now.Add(-s.opt.UsageRetention), now.Add(-decisionRetention)),
 	)
 	if err != nil {
 		s.log.Warn("agentwrit: pruning expired records failed", "error", err)

@@ -80,9 +80,13 @@ func (d *DB) Register(ctx context.Context, r *broker.Registration) error {
 				return broker.ErrConsumed
 			}
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO agents(agent_id, public_key, orch_id, task_id, scope, app_id, launch_token, registered_at)
-			VALUES (?,?,?,?,?,?,?,?)`, a.ID, a.PublicKey, a.OrchID, a.TaskID, scope, a.AppID, a.LaunchToken,
-			sqlq.FormatTime(a.RegisteredAt)); err != nil {
+		launchScope, err := sqlq.List(a.LaunchScope)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO agents(agent_id, public_key, orch_id, task_id, scope, app_id, launch_token,
+			agent_name, launch_scope, registered_at) VALUES (?,?,?,?,?,?,?,?,?,?)`, a.ID, a.PublicKey, a.OrchID, a.TaskID, scope,
+			a.AppID, a.LaunchToken, a.AgentName, launchScope, sqlq.FormatTime(a.RegisteredAt)); err != nil {
 			return err
 		}
 		return saveToken(ctx, tx, &r.Token)
@@ -159,7 +163,7 @@ func (d *DB) Agents(ctx context.Context, f broker.AgentFilter) ([]broker.AgentVi
 	if limit <= 0 {
 		limit = -1
 	}
-	rows, err := d.db.QueryContext(ctx, `SELECT a.agent_id, a.orch_id, a.task_id, a.app_id, a.scope, a.launch_token, a.registered_at
+	rows, err := d.db.QueryContext(ctx, `SELECT `+sqlq.AgentColumns+`
 		FROM agents a`+where+` ORDER BY a.registered_at DESC, a.agent_id LIMIT ? OFFSET ?`, append(args, limit, max(f.Offset, 0))...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list agents: %w", err)
@@ -169,15 +173,8 @@ func (d *DB) Agents(ctx context.Context, f broker.AgentFilter) ([]broker.AgentVi
 	byID := map[string]int{}
 	for rows.Next() {
 		var v broker.AgentView
-		var scope, at string
-		if err := rows.Scan(&v.ID, &v.OrchID, &v.TaskID, &v.AppID, &scope, &v.LaunchToken, &at); err != nil {
+		if err := sqlq.ScanAgent(rows, &v.Agent); err != nil {
 			return nil, 0, fmt.Errorf("list agents: %w", err)
-		}
-		if v.Scope, err = sqlq.ParseList(scope); err != nil {
-			return nil, 0, err
-		}
-		if v.RegisteredAt, err = sqlq.Time(at); err != nil {
-			return nil, 0, err
 		}
 		byID[v.ID] = len(views)
 		views = append(views, v)

@@ -86,6 +86,33 @@ CREATE TABLE IF NOT EXISTS agents (
 	registered_at TEXT NOT NULL
 );`),
 	migrateKeySet,
+	execAll(`
+ALTER TABLE agents ADD COLUMN agent_name TEXT NOT NULL DEFAULT '';
+ALTER TABLE agents ADD COLUMN launch_scope TEXT NOT NULL DEFAULT '[]';
+CREATE INDEX idx_agents_launch_token ON agents(launch_token);
+CREATE INDEX idx_agents_app ON agents(app_id);
+CREATE TABLE usage (
+	hour       INTEGER NOT NULL,
+	agent_id   TEXT NOT NULL,
+	task_id    TEXT NOT NULL DEFAULT '',
+	orch_id    TEXT NOT NULL DEFAULT '',
+	rule       TEXT NOT NULL,
+	required   TEXT NOT NULL,
+	granted    TEXT NOT NULL DEFAULT '',
+	result     TEXT NOT NULL,
+	count      INTEGER NOT NULL,
+	first_seen INTEGER NOT NULL,
+	last_seen  INTEGER NOT NULL,
+	PRIMARY KEY (hour, agent_id, rule, required, granted, result)
+);
+CREATE INDEX idx_usage_agent ON usage(agent_id, hour);
+CREATE TABLE decisions (
+	minute INTEGER NOT NULL,
+	result TEXT NOT NULL,
+	reason TEXT NOT NULL,
+	count  INTEGER NOT NULL,
+	PRIMARY KEY (minute, result, reason)
+);`),
 }
 
 // migrateKeySet is version 2: a key set instead of one key, token records,

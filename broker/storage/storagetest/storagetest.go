@@ -37,6 +37,7 @@ func Run(t *testing.T, h Harness) {
 		{"Register", testRegister},
 		{"Tokens", testTokens},
 		{"Agents", testAgents},
+		{"Usage", testUsage},
 		{"Nonces", testNonces},
 		{"Revocations", testRevocations},
 		{"Watch", testWatch},

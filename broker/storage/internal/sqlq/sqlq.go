@@ -218,3 +218,98 @@ func AgentQuery(f broker.AgentFilter, ph Placeholder) (string, []any) {
 	}
 	return " WHERE " + strings.Join(conds, " AND "), args
 }
+
+// UsageUpsert adds a usage record's counts to its row (one row per hour,
+// agent, rule, required and granted scope and result); 11 parameters in
+// UsageArgs' order. least and greatest are the dialect's min and max of
+// two values (SQLite: min, max; PostgreSQL: LEAST, GREATEST).
+func UsageUpsert(ph Placeholder, least, greatest string) string {
+	return `INSERT INTO usage (hour, agent_id, task_id, orch_id, rule, required, granted, result, count, first_seen, last_seen)
+		VALUES (` + Params(ph, 1, 11) + `)
+		ON CONFLICT (hour, agent_id, rule, required, granted, result) DO UPDATE SET
+		count = usage.count + excluded.count,
+		first_seen = ` + least + `(usage.first_seen, excluded.first_seen),
+		last_seen = ` + greatest + `(usage.last_seen, excluded.last_seen)`
+}
+
+// UsageArgs are a record's values for UsageUpsert.
+func UsageArgs(r *broker.UsageRecord) []any {
+	return []any{r.Hour.Unix(), r.AgentID, r.TaskID, r.OrchID, r.Rule, r.Required, r.Granted, r.Result, r.Count,
+		r.First.Unix(), r.Last.Unix()}
+}
+
+// DecisionUpsert adds a decision count to its minute's row; 4 parameters.
+func DecisionUpsert(ph Placeholder) string {
+	return `INSERT INTO decisions (minute, result, reason, count) VALUES (` + Params(ph, 1, 4) + `)
+		ON CONFLICT (minute, result, reason) DO UPDATE SET count = decisions.count + excluded.count`
+}
+
+// UsageQuery is the sum of usage rows matching f, per key over its range,
+// with each agent's app and launch token.
+func UsageQuery(f broker.UsageFilter, ph Placeholder) (string, []any) {
+	var conds []string
+	var args []any
+	add := func(cond string, vs ...any) {
+		ps := make([]any, len(vs))
+		for i, v := range vs {
+			args = append(args, v)
+			ps[i] = ph(len(args))
+		}
+		conds = append(conds, fmt.Sprintf(cond, ps...))
+	}
+	if !f.Since.IsZero() {
+		add("u.hour >= %s", f.Since.UTC().Truncate(time.Hour).Unix())
+	}
+	if !f.Until.IsZero() {
+		add("u.hour <= %s", f.Until.Unix())
+	}
+	for _, c := range []struct{ col, v string }{
+		{"u.agent_id", f.AgentID}, {"u.task_id", f.TaskID}, {"u.orch_id", f.OrchID}, {"a.app_id", f.AppID}, {"a.launch_token", f.LaunchToken},
+	} {
+		if c.v != "" {
+			add(c.col+" = %s", c.v)
+		}
+	}
+	if f.Scope != "" {
+		add("(u.required = %s OR u.granted = %s)", f.Scope, f.Scope)
+	}
+	where := ""
+	if len(conds) > 0 {
+		where = " WHERE " + strings.Join(conds, " AND ")
+	}
+	return `SELECT u.agent_id, u.task_id, u.orch_id, u.rule, u.required, u.granted, u.result,
+		sum(u.count), min(u.first_seen), max(u.last_seen), coalesce(a.app_id, ''), coalesce(a.launch_token, '')
+		FROM usage u LEFT JOIN agents a ON a.agent_id = u.agent_id` + where + `
+		GROUP BY u.agent_id, u.task_id, u.orch_id, u.rule, u.required, u.granted, u.result, a.app_id, a.launch_token
+		ORDER BY u.agent_id, u.required, u.result`, args
+}
+
+// ScanUsageRow reads a row of UsageQuery.
+func ScanUsageRow(row Scanner) (broker.UsageRow, error) {
+	var u broker.UsageRow
+	var first, last int64
+	err := row.Scan(&u.AgentID, &u.TaskID, &u.OrchID, &u.Rule, &u.Required, &u.Granted, &u.Result, &u.Count, &first, &last, &u.AppID, &u.LaunchToken)
+	u.First, u.Last = time.Unix(first, 0).UTC(), time.Unix(last, 0).UTC()
+	return u, err
+}
+
+// AgentColumns are the columns of an agent row (alias a), in ScanAgent's
+// order; registered_at is stored as RFC 3339 text.
+const AgentColumns = `a.agent_id, a.orch_id, a.task_id, a.app_id, a.scope, a.launch_token, a.agent_name, a.launch_scope, a.registered_at`
+
+// ScanAgent reads a row of AgentColumns (the public key is not read).
+func ScanAgent(row Scanner, a *broker.Agent) error {
+	var scope, launchScope, at string
+	if err := row.Scan(&a.ID, &a.OrchID, &a.TaskID, &a.AppID, &scope, &a.LaunchToken, &a.AgentName, &launchScope, &at); err != nil {
+		return err
+	}
+	var err error
+	if a.Scope, err = ParseList(scope); err != nil {
+		return err
+	}
+	if a.LaunchScope, err = ParseList(launchScope); err != nil {
+		return err
+	}
+	a.RegisteredAt, err = Time(at)
+	return err
+}
