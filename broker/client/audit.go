@@ -28,6 +28,10 @@ type AuditQuery struct {
 	Limit int
 	// Offset is how many matching events to skip.
 	Offset int
+	// NewestFirst, AfterID and BeforeID are this product's extensions:
+	// the newest events first, and keyset paging by event ID (exclusive).
+	NewestFirst       bool
+	AfterID, BeforeID string
 }
 
 // values encodes q with the given limit and offset; zero values are left out.
@@ -42,6 +46,11 @@ func (q AuditQuery) values(limit, offset int) url.Values {
 	set("task_id", q.TaskID)
 	set("event_type", q.EventType)
 	set("outcome", q.Outcome)
+	set("after_id", q.AfterID)
+	set("before_id", q.BeforeID)
+	if q.NewestFirst {
+		v.Set("order", "newest")
+	}
 	if !q.Since.IsZero() {
 		v.Set("since", q.Since.Format(time.RFC3339Nano))
 	}
