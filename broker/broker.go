@@ -82,6 +82,9 @@ func New(store *Store, cfg Config) (*Broker, error) {
 // whatever serves next. The Store is not closed. Close is idempotent.
 func (b *Broker) Close() { b.closeOnce.Do(func() { close(b.done) }) }
 
+// Usage is the recorder embedded gateways count scope usage into.
+func (b *Broker) Usage() *UsageRecorder { return b.store.usage }
+
 // signer is the key that signs new tokens.
 func (b *Broker) signer() *signer {
 	if b.fileKey != nil {

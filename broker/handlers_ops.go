@@ -1,9 +1,11 @@
 package broker
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -45,7 +47,31 @@ func (b *Broker) handleStatus(w http.ResponseWriter, r *http.Request) {
 	} else {
 		st.Stats = stats
 	}
+	if dec, err := b.store.db.Decisions(ctx, now.Add(-time.Hour)); err != nil {
+		problem("decisions: %v", err)
+	} else {
+		st.Gateway = StatusGateway{PerMinute: dec, LastMinute: sumDecisions(dec, now.Add(-time.Minute)), LastHour: sumDecisions(dec, time.Time{})}
+	}
 	writeJSON(w, http.StatusOK, st)
+}
+
+// sumDecisions sums counts per result and reason over the minutes at or
+// after since (zero: all), sorted.
+func sumDecisions(dec []DecisionCount, since time.Time) []DecisionCount {
+	sums := map[[2]string]int64{}
+	for _, d := range dec {
+		if !d.Minute.Before(since.Truncate(time.Minute)) {
+			sums[[2]string{d.Result, d.Reason}] += d.Count
+		}
+	}
+	out := make([]DecisionCount, 0, len(sums))
+	for k, n := range sums {
+		out = append(out, DecisionCount{Result: k[0], Reason: k[1], Count: n})
+	}
+	slices.SortFunc(out, func(a, b DecisionCount) int {
+		return cmp.Or(cmp.Compare(a.Result, b.Result), cmp.Compare(a.Reason, b.Reason))
+	})
+	return out
 }
 
 // eventID is the ID of the event at seq, or "" before the first.

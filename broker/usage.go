@@ -37,7 +37,7 @@ type UsageRecord struct {
 // DecisionCount is how many decisions of one result and reason a gateway
 // took within one minute.
 type DecisionCount struct {
-	Minute time.Time `json:"minute"`
+	Minute time.Time `json:"minute,omitzero"`
 	Result string    `json:"result"` // allow, deny, report
 	Reason string    `json:"reason"`
 	Count  int64     `json:"count"`

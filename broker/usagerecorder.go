@@ -51,6 +51,8 @@ type UsageRecorder struct {
 
 	decMu     sync.Mutex
 	decisions map[decisionKey]int64
+	allowed   atomic.Int64 // the hot decisions, counted without the lock
+	public    atomic.Int64
 
 	pendMu  sync.Mutex
 	pending []UsageRecord // failed flushes, retried with the next one
@@ -146,8 +148,25 @@ func (r *UsageRecorder) Record(c *Claims, rule *scopemap.Rule, required []string
 	s.mu.Unlock()
 }
 
+// Decision results and reasons the recorder counts without a lock.
+const (
+	DecisionAllow = "allow"
+	ReasonOK      = "ok"
+	ReasonPublic  = "public"
+)
+
 // Decision counts one decision of any kind, for the per-minute chart.
 func (r *UsageRecorder) Decision(result, reason string) {
+	if result == DecisionAllow {
+		switch reason {
+		case ReasonOK:
+			r.allowed.Add(1)
+			return
+		case ReasonPublic:
+			r.public.Add(1)
+			return
+		}
+	}
 	k := decisionKey{r.clock.Load() / 60 * 60, result, reason}
 	r.decMu.Lock()
 	r.decisions[k]++
@@ -230,10 +249,16 @@ func (r *UsageRecorder) Flush(ctx context.Context) error {
 	for _, v := range agg {
 		records = append(records, *v)
 	}
+	minute := r.clock.Load() / 60 * 60
 	r.decMu.Lock()
 	dm := r.decisions
 	r.decisions = map[decisionKey]int64{}
 	r.decMu.Unlock()
+	for reason, n := range map[string]int64{ReasonOK: r.allowed.Swap(0), ReasonPublic: r.public.Swap(0)} {
+		if n > 0 {
+			dm[decisionKey{minute, DecisionAllow, reason}] += n
+		}
+	}
 	decisions := make([]DecisionCount, 0, len(dm))
 	for k, n := range dm {
 		decisions = append(decisions, DecisionCount{Minute: time.Unix(k.minute, 0).UTC(), Result: k.result, Reason: k.reason, Count: n})

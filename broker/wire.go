@@ -244,6 +244,16 @@ type Status struct {
 	Keys     []KeyInfo      `json:"keys"`
 	Audit    StatusAudit    `json:"audit"`
 	Stats
+	Gateway StatusGateway `json:"gateway"`
+}
+
+// StatusGateway is what the gateways (of every replica, and remote ones
+// that report usage) decided, summed per result and reason.
+type StatusGateway struct {
+	LastMinute []DecisionCount `json:"last_minute"`
+	LastHour   []DecisionCount `json:"last_hour"`
+	// PerMinute is the last hour minute by minute, for a chart.
+	PerMinute []DecisionCount `json:"per_minute"`
 }
 
 // StatusDatabase describes the database and, for a fleet, how fresh this

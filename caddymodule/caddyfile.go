@@ -186,6 +186,7 @@ func parseBrokerHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, er
 //		forward_token on|off
 //		mode     enforce|report
 //		refuse_body_on <METHODS>|off
+//		usage    on|off
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -207,11 +208,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Unmapped, err = choiceArg(d, UnmappedDeny, UnmappedAuthenticated)
 		case "mode":
 			h.Mode, err = choiceArg(d, ModeEnforce, ModeReport)
-		case "forward_token":
+		case "forward_token", "usage":
 			var v string
 			if v, err = choiceArg(d, "on", "off"); err == nil {
 				on := v == "on"
-				h.ForwardToken = &on
+				if opt == "usage" {
+					h.Usage = &on
+				} else {
+					h.ForwardToken = &on
+				}
 			}
 		case "refuse_body_on":
 			var v string

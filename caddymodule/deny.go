@@ -47,6 +47,17 @@ func (h *Handler) deny(w http.ResponseWriter, r *http.Request, next caddyhttp.Ha
 		result = "report"
 	}
 	h.metrics.gateway.decisions.WithLabelValues(result, d.reason).Inc()
+	if u := h.recorder(); u != nil {
+		u.Decision(result, d.reason)
+		if d.claims != nil && len(d.required) > 0 {
+			// "Asked for write:orders:7, holds read:orders:*": beside its usage.
+			used := broker.UsageDenied
+			if report {
+				used = broker.UsageWouldDeny
+			}
+			u.Record(d.claims, d.rule, d.required, used)
+		}
+	}
 	resource := r.Method + " " + r.URL.Path
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if d.claims != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -59,6 +60,9 @@ type Handler struct {
 	// Broker, when set, validates tokens through an external broker
 	// (remote mode); nil uses the embedded broker of the agentwrit app.
 	Broker *RemoteBroker `json:"broker,omitempty"`
+	// Usage counts every decision about a verified token for the scope
+	// usage report (default true); false turns it off for this handler.
+	Usage *bool `json:"usage,omitempty"`
 
 	routes    *scopemap.Map
 	validator validator
@@ -67,6 +71,8 @@ type Handler struct {
 	audience  string
 	noBody    []string
 	metrics   *collectors
+	usage     *broker.UsageRecorder // remote mode's own; embedded mode counts into the broker's
+	usageOff  bool
 	allowed   prometheus.Counter // hot-path counters, resolved once
 	public    prometheus.Counter
 	logger    *zap.Logger
@@ -149,6 +155,7 @@ func (h *Handler) setup(v validator, app *App, col *collectors, logger *zap.Logg
 	if h.noBody == nil {
 		h.noBody = DefaultRefuseBodyOn
 	}
+	h.usageOff = h.Usage != nil && !*h.Usage
 	h.allowed = col.gateway.decisions.WithLabelValues("allow", "ok")
 	h.public = col.gateway.decisions.WithLabelValues("allow", "public")
 	return nil
@@ -157,6 +164,11 @@ func (h *Handler) setup(v validator, app *App, col *collectors, logger *zap.Logg
 // Cleanup releases the remote validator's connections and cache, and this
 // handler's use of the metrics.
 func (h *Handler) Cleanup() error {
+	if h.usage != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = h.usage.Close(ctx) // a reload or stop loses nothing already counted
+		cancel()
+	}
 	if h.remote != nil {
 		h.remote.Close()
 	}
@@ -179,6 +191,23 @@ func (h *Handler) Validate() error {
 	for _, m := range h.RefuseBodyOn {
 		if m == "" || m != strings.ToUpper(m) {
 			return fmt.Errorf("agentwrit: refuse_body_on: %q is not an upper-case method", m)
+		}
+	}
+	return nil
+}
+
+// recorder is where this handler counts usage, or nil: the embedded
+// broker's (shared by every config of the process), or a remote handler's
+// own, flushed to the remote broker.
+func (h *Handler) recorder() *broker.UsageRecorder {
+	switch {
+	case h.usageOff:
+		return nil
+	case h.usage != nil:
+		return h.usage
+	case h.Broker == nil && h.app != nil:
+		if b := h.app.run.broker.Load(); b != nil {
+			return b.Usage()
 		}
 	}
 	return nil

@@ -49,6 +49,14 @@ func (h *Handler) allow(r *http.Request, repl *caddy.Replacer, c *broker.Claims,
 	}
 	identify(repl, c, required)
 	logDecision(r, "allow", "ok", rule, required)
+	if u := h.recorder(); u != nil {
+		result := broker.UsageAllowed
+		if h.Mode == ModeReport {
+			result = broker.UsageWouldAllow
+		}
+		u.Record(c, rule, required, result)
+		u.Decision(broker.DecisionAllow, broker.ReasonOK)
+	}
 }
 
 // identify provides the agent's placeholders, {http.auth.user.id} (which

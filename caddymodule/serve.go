@@ -51,6 +51,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			detail: "request path is not canonical", reason: "non_canonical_path", cause: d.Err})
 	case scopemap.Public:
 		h.public.Inc()
+		if u := h.recorder(); u != nil {
+			u.Decision(broker.DecisionAllow, broker.ReasonPublic)
+		}
 		return next.ServeHTTP(w, r)
 	case scopemap.Unmapped:
 		if h.Unmapped != UnmappedAuthenticated {

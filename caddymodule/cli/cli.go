@@ -33,6 +33,7 @@ import (
 const (
 	envBroker      = "AGENTWRIT_BROKER"
 	envAdminSecret = "AGENTWRIT_ADMIN_SECRET"
+	envAdminToken  = "AGENTWRIT_ADMIN_TOKEN"
 	defaultBroker  = "http://127.0.0.1:8080"
 )
 
@@ -47,11 +48,12 @@ directive, or any AgentWrit-compatible broker) over its HTTP API, and explains
 the agentwrit route rules of a Caddyfile.
 
 The broker URL comes from --broker or $AGENTWRIT_BROKER (default
-http://127.0.0.1:8080). Commands that need admin rights authenticate with the
-admin secret from --admin-secret or $AGENTWRIT_ADMIN_SECRET; if neither is set
-and stdin is a terminal, the secret is prompted for without echo. Prefer the
-environment variable or the prompt: flags are visible to other local users.
-Secrets are never printed or logged.
+http://127.0.0.1:8080). Commands that need admin rights use the admin token
+in $AGENTWRIT_ADMIN_TOKEN (see login), or authenticate with the admin secret
+from --admin-secret or $AGENTWRIT_ADMIN_SECRET; if neither is set and stdin is
+a terminal, the secret is prompted for without echo. Prefer the environment
+variable or the prompt: flags are visible to other local users. Secrets are
+never printed or logged.
 
 Errors from the broker are shown with their detail and error_code.
 `,
@@ -77,6 +79,11 @@ func setupAgentwritCommand(cmd *cobra.Command) {
 		tokenCommand(),
 		registerCommand(),
 		routesCommand(),
+		loginCommand(),
+		statusCommand(),
+		keysCommand(),
+		agentsCommand(),
+		usageCommand(),
 	)
 	silenceUsage(cmd)
 }
@@ -136,11 +143,16 @@ func newClient(cmd *cobra.Command) (*client.Client, error) {
 	return c, nil
 }
 
-// adminClient returns a client already authenticated as admin.
+// adminClient returns a client already authenticated as admin: with the
+// token in $AGENTWRIT_ADMIN_TOKEN (caddy agentwrit login) if set, else by
+// logging in with the admin secret.
 func adminClient(cmd *cobra.Command) (*client.Client, error) {
 	c, err := newClient(cmd)
 	if err != nil {
 		return nil, err
+	}
+	if tok := os.Getenv(envAdminToken); tok != "" {
+		return c.WithToken(tok), nil
 	}
 	secret, err := adminSecret(cmd)
 	if err != nil {
