@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker/brokertest"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/storage"
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker/storage/postgres"
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker/storage/storagetest"
 )
@@ -177,6 +179,18 @@ func TestUnreachable(t *testing.T) {
 	_, err := postgres.Open(ctx, "postgres://agent@"+closedPort(t)+"/db?sslmode=disable", postgres.Options{})
 	require.ErrorIs(t, err, broker.ErrUnavailable)
 	require.NoError(t, ctx.Err())
+}
+
+// TestStorageOpen: storage.Open routes both URL schemes here.
+func TestStorageOpen(t *testing.T) {
+	dsn := brokertest.PostgresDSN(t)
+	for _, u := range []string{dsn, strings.Replace(dsn, "postgres://", "postgresql://", 1)} {
+		db, err := storage.Open(context.Background(), u, storage.Options{MaxConns: 2, StatementTimeout: time.Second})
+		require.NoError(t, err)
+		require.Equal(t, "postgres", db.Info().Kind)
+		require.NoError(t, db.Ping(context.Background()))
+		require.NoError(t, db.Close())
+	}
 }
 
 // TestOpenRefused: a server that answers but refuses the role or the
