@@ -15,11 +15,11 @@ import (
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
 )
 
-// parseConfig parses a postgres:// URL. It returns the strings that would
-// reveal the password (as written and decoded), for scrubbing error
-// texts. pgx's parse errors are best-effort redacted only, so they are
-// never wrapped: their text is kept only when the URL parses well enough
-// to know its password, and scrubbed of it.
+// parseConfig parses a postgres:// URL, and returns with it a replacer
+// that scrubs the password from error texts. pgx's parse errors are
+// redacted on a best-effort basis only, so they are never wrapped: their
+// text is kept only when the URL parses well enough to know its password,
+// and scrubbed of it.
 func parseConfig(dsn string) (*pgxpool.Config, *strings.Replacer, error) {
 	if !strings.HasPrefix(dsn, "postgres://") && !strings.HasPrefix(dsn, "postgresql://") {
 		return nil, nil, fmt.Errorf("open database: %w: want a postgres:// or postgresql:// URL", broker.ErrBadConfig)
@@ -123,7 +123,7 @@ func (d *DB) fail(op string, err error) error {
 }
 
 // unavailable reports whether err means the database cannot serve the
-// request now, though a retry may succeed: nothing was stored.
+// request now but may after a retry (as opposed to refusing it).
 func (d *DB) unavailable(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && len(pgErr.Code) == 5 {

@@ -132,19 +132,30 @@ func TestWatchReconnect(t *testing.T) {
 	a := admin(t, dsn)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	const listening = `application_name = 'caddy-agentwrit watch' AND query LIKE 'LISTEN%' AND state = 'idle'`
 
 	done := make(chan error, 1)
 	go func() { done <- db.Watch(ctx, func(broker.Change) {}) }()
-	terminate(t, a, waitForBackend(t, a, `application_name = 'caddy-agentwrit watch' AND query LIKE 'LISTEN%'`))
-	err := <-done
-	require.ErrorIs(t, err, broker.ErrUnavailable)
+	first := waitForBackend(t, a, listening)
+	terminate(t, a, first)
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, broker.ErrUnavailable)
+	case <-time.After(time.Minute):
+		t.Fatal("Watch did not return when its connection was terminated")
+	}
 
 	got := make(chan broker.Change, 16)
 	go func() { done <- db.Watch(ctx, func(c broker.Change) { got <- c }) }()
-	waitForBackend(t, a, `application_name = 'caddy-agentwrit watch' AND query LIKE 'LISTEN%'`)
+	waitForBackend(t, a, fmt.Sprintf("%s AND pid <> %d", listening, first))
 	r, err := db.Revoke(context.Background(), broker.LevelTask, "after-reconnect", time.Now())
 	require.NoError(t, err)
-	require.Equal(t, broker.Change{Kind: broker.ChangeRevocation, Seq: r.Seq}, <-got)
+	select {
+	case c := <-got:
+		require.Equal(t, broker.Change{Kind: broker.ChangeRevocation, Seq: r.Seq}, c)
+	case <-time.After(time.Minute):
+		t.Fatal("no notice after reconnecting")
+	}
 	cancel()
 	require.ErrorIs(t, <-done, context.Canceled)
 }

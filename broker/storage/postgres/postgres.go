@@ -21,8 +21,10 @@
 // Hot paths are shaped for few round trips: Register, Revoke, ConsumeNonce
 // and InitSigningKey are one round trip each, AppendAudit two.
 //
-// The URL's password never appears in Info, errors or logs. Behind a
-// transaction-mode connection pooler (PgBouncer), add
+// Give the broker a database of its own, or a schema of its own (add
+// search_path=<schema> to the URL): its table names, schema_migrations
+// included, are plain. The URL's password never appears in Info, errors
+// or logs. Behind a transaction-mode connection pooler (PgBouncer), add
 // default_query_exec_mode=exec to the URL (no server-side prepared
 // statements); notifications then do not work and replicas rely on their
 // periodic catch-up.

@@ -128,7 +128,7 @@ const password = "Sup3r-Secret_PW"
 
 // TestPasswordNeverShown: neither a malformed URL nor a server that cannot
 // be reached puts the password in the error, in any form or wrapped
-// value; Info shows the URL without it.
+// value. It needs no server.
 func TestPasswordNeverShown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -158,9 +158,11 @@ func TestPasswordNeverShown(t *testing.T) {
 		var pe *pgconn.ParseConfigError
 		require.False(t, errors.As(err, &pe), "no wrapped URL: %s", c.dsn)
 	}
+}
 
-	// The test server trusts local connections, so a password in the URL
-	// is accepted and ignored: Info must not show it.
+// TestInfo: Info shows the URL without its password. (The test server
+// trusts local connections, so the password is accepted and ignored.)
+func TestInfo(t *testing.T) {
 	u, err := url.Parse(brokertest.PostgresDSN(t))
 	require.NoError(t, err)
 	u.User = url.UserPassword(u.User.Username(), password)
@@ -203,4 +205,22 @@ func TestOpenRefused(t *testing.T) {
 	require.ErrorIs(t, err, broker.ErrBadConfig)
 	require.ErrorContains(t, err, "does not exist")
 	require.NotErrorIs(t, err, broker.ErrUnavailable)
+}
+
+// TestBatchIsOneTransaction checks what the locking relies on: the
+// statements of one batch sent on the pool share one (implicit)
+// transaction, so a lock the first takes is held until the last commits;
+// in every query mode, including the one advised behind a pooler.
+func TestBatchIsOneTransaction(t *testing.T) {
+	dsn := brokertest.PostgresDSN(t)
+	open(t, dsn, postgres.Options{})
+	for _, mode := range []string{"cache_statement", "exec", "simple_protocol"} {
+		db := open(t, dsn+"&default_query_exec_mode="+mode, postgres.Options{})
+		var first, second int64
+		b := &pgx.Batch{}
+		b.Queue(`SELECT txid_current()`).QueryRow(func(r pgx.Row) error { return r.Scan(&first) })
+		b.Queue(`SELECT txid_current()`).QueryRow(func(r pgx.Row) error { return r.Scan(&second) })
+		require.NoError(t, db.Pool().SendBatch(context.Background(), b).Close())
+		require.Equal(t, first, second, mode)
+	}
 }
