@@ -5,12 +5,12 @@ package storage
 
 import (
 	"context"
-	"fmt"
 	"net/url"
 	"strings"
 	"time"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/storage/postgres"
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker/storage/sqlite"
 )
 
@@ -35,7 +35,13 @@ func IsURL(dsn string) bool {
 // Open opens the database dsn names.
 func Open(ctx context.Context, dsn string, o Options) (broker.Database, error) {
 	if IsURL(dsn) {
-		return nil, fmt.Errorf("open %s: %w: PostgreSQL is not supported by this build", Redact(dsn), broker.ErrBadConfig)
+		db, err := postgres.Open(ctx, dsn, postgres.Options{
+			MaxConns: o.MaxConns, StatementTimeout: o.StatementTimeout, ReadOnly: o.ReadOnly,
+		})
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return db, nil
 	}
 	return sqlite.Open(ctx, dsn, sqlite.Options{ReadOnly: o.ReadOnly})
 }
