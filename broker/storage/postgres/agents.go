@@ -2,6 +2,8 @@ package postgres
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"time"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
@@ -44,8 +46,8 @@ const register = `WITH consumed AS (
 	WHERE $1 <> '' AND token_hash = $1 AND consumed_at IS NULL
 	RETURNING 1
 ), agent AS (
-	INSERT INTO agents(agent_id, public_key, orch_id, task_id, scope, app_id, launch_token, registered_at)
-	SELECT $3::text, $4::bytea, $5::text, $6::text, $7::text, $8::text, $9::text, $2::text
+	INSERT INTO agents(agent_id, public_key, orch_id, task_id, scope, app_id, launch_token, registered_at, agent_name, launch_scope)
+	SELECT $3::text, $4::bytea, $5::text, $6::text, $7::text, $8::text, $9::text, $2::text, $20::text, $21::text
 	WHERE $1 = '' OR EXISTS (SELECT FROM consumed)
 	RETURNING 1
 )
@@ -60,7 +62,8 @@ func (d *DB) Register(ctx context.Context, r *broker.Registration) error {
 	defer cancel()
 	tag, err := d.pool.Exec(ctx, register, r.ConsumeLaunchToken, sqlq.FormatTime(a.RegisteredAt),
 		a.ID, a.PublicKey, a.OrchID, a.TaskID, list(a.Scope), a.AppID, a.LaunchToken,
-		t.JTI, t.Subject, t.Parent, t.TaskID, t.OrchID, list(t.Scope), t.Depth, t.Root, t.IssuedAt.Unix(), t.ExpiresAt.Unix())
+		t.JTI, t.Subject, t.Parent, t.TaskID, t.OrchID, list(t.Scope), t.Depth, t.Root, t.IssuedAt.Unix(), t.ExpiresAt.Unix(),
+		a.AgentName, list(a.LaunchScope))
 	if err == nil && tag.RowsAffected() == 0 {
 		err = broker.ErrConsumed
 	}
@@ -88,10 +91,7 @@ func (d *DB) Token(ctx context.Context, jti string) (*broker.TokenRecord, error)
 	ctx, cancel := d.bound(ctx)
 	defer cancel()
 	t := &broker.TokenRecord{}
-	err := d.pool.QueryRow(ctx, `SELECT jti, subject, parent, task_id, orch_id, scope, depth, root, issued_at,
-		expires_at FROM tokens WHERE jti = $1`, jti).
-		Scan(&t.JTI, &t.Subject, &t.Parent, &t.TaskID, &t.OrchID, (*list)(&t.Scope), &t.Depth, &t.Root,
-			(*unixSeconds)(&t.IssuedAt), (*unixSeconds)(&t.ExpiresAt))
+	err := sqlq.ScanToken(d.pool.QueryRow(ctx, `SELECT `+sqlq.TokenColumns+` FROM tokens t WHERE jti = $1`, jti), t)
 	return found(t, d.fail("lookup token", notFound(err)))
 }
 
@@ -106,4 +106,71 @@ func (d *DB) exec(ctx context.Context, op, sql string, args ...any) error {
 	defer cancel()
 	_, err := d.pool.Exec(ctx, sql, args...)
 	return d.fail(op, err)
+}
+
+// Agents implements broker.AgentDB.
+func (d *DB) Agents(ctx context.Context, f broker.AgentFilter) ([]broker.AgentView, int, error) {
+	ctx, cancel := d.bound(ctx)
+	defer cancel()
+	where, args := sqlq.AgentQuery(f, sqlq.Dollar)
+	var total int
+	if err := d.pool.QueryRow(ctx, `SELECT count(*) FROM agents a`+where, args...).Scan(&total); err != nil {
+		return nil, 0, d.fail("list agents", err)
+	}
+	limit := int64(f.Limit)
+	if limit <= 0 {
+		limit = math.MaxInt64
+	}
+	n := len(args)
+	rows, err := d.pool.Query(ctx, `SELECT `+sqlq.AgentColumns+` FROM agents a`+where+
+		fmt.Sprintf(` ORDER BY a.registered_at DESC, a.agent_id LIMIT $%d OFFSET $%d`, n+1, n+2), append(args, limit, max(f.Offset, 0))...)
+	if err != nil {
+		return nil, 0, d.fail("list agents", err)
+	}
+	views := []broker.AgentView{}
+	byID := map[string]int{}
+	ids := []string{}
+	for rows.Next() {
+		var v broker.AgentView
+		if err := sqlq.ScanAgent(rows, &v.Agent); err != nil {
+			rows.Close()
+			return nil, 0, fmt.Errorf("list agents: %w", err)
+		}
+		byID[v.ID] = len(views)
+		ids = append(ids, v.ID)
+		views = append(views, v)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil || len(views) == 0 {
+		return views, total, d.fail("list agents", err)
+	}
+	trows, err := d.pool.Query(ctx, `SELECT `+sqlq.TokenColumns+` FROM tokens t WHERE `+fmt.Sprintf(sqlq.LiveToken, "$1")+
+		` AND t.subject = ANY($2) ORDER BY t.expires_at DESC`, f.Now.Unix(), ids)
+	if err != nil {
+		return nil, 0, d.fail("list agents' tokens", err)
+	}
+	defer trows.Close()
+	for trows.Next() {
+		var t broker.TokenRecord
+		if err := sqlq.ScanToken(trows, &t); err != nil {
+			return nil, 0, fmt.Errorf("list agents' tokens: %w", err)
+		}
+		v := &views[byID[t.Subject]]
+		v.Tokens = append(v.Tokens, t)
+	}
+	return views, total, d.fail("list agents' tokens", trows.Err())
+}
+
+// Stats implements broker.AgentDB.
+func (d *DB) Stats(ctx context.Context, now time.Time) (broker.Stats, error) {
+	ctx, cancel := d.bound(ctx)
+	defer cancel()
+	var s broker.Stats
+	live := fmt.Sprintf(sqlq.LiveToken, "$1")
+	err := d.pool.QueryRow(ctx, `SELECT
+		(SELECT count(*) FROM agents),
+		(SELECT count(DISTINCT t.subject) FROM tokens t WHERE t.subject LIKE 'spiffe://%' AND `+live+`),
+		(SELECT count(*) FROM tokens t WHERE `+live+`),
+		(SELECT count(*) FROM revocations)`, now.Unix()).Scan(&s.Agents, &s.LiveAgents, &s.LiveTokens, &s.Revocations)
+	return s, d.fail("stats", err)
 }

@@ -175,6 +175,36 @@ BEGIN
 END $$;
 CREATE TRIGGER signing_keys_notify AFTER INSERT OR UPDATE OR DELETE ON signing_keys
 	FOR EACH STATEMENT EXECUTE FUNCTION agentwrit_notify_keys();
+`, `
+ALTER TABLE agents ADD COLUMN agent_name TEXT NOT NULL DEFAULT '';
+ALTER TABLE agents ADD COLUMN launch_scope TEXT NOT NULL DEFAULT '[]';
+CREATE INDEX agents_registered ON agents(registered_at);
+CREATE INDEX agents_launch_token ON agents(launch_token);
+CREATE INDEX agents_app ON agents(app_id);
+
+CREATE TABLE usage (
+	hour       BIGINT NOT NULL,
+	agent_id   TEXT NOT NULL,
+	task_id    TEXT NOT NULL DEFAULT '',
+	orch_id    TEXT NOT NULL DEFAULT '',
+	rule       TEXT NOT NULL,
+	required   TEXT NOT NULL,
+	granted    TEXT NOT NULL DEFAULT '',
+	result     TEXT NOT NULL,
+	count      BIGINT NOT NULL,
+	first_seen BIGINT NOT NULL,
+	last_seen  BIGINT NOT NULL,
+	PRIMARY KEY (hour, agent_id, rule, required, granted, result)
+);
+CREATE INDEX usage_agent ON usage(agent_id, hour);
+
+CREATE TABLE decisions (
+	minute BIGINT NOT NULL,
+	result TEXT NOT NULL,
+	reason TEXT NOT NULL,
+	count  BIGINT NOT NULL,
+	PRIMARY KEY (minute, result, reason)
+);
 `}
 
 // checkSchema migrates the database, or (read-only) checks that it needs
