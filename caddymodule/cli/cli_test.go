@@ -128,6 +128,7 @@ func TestCommandTree(t *testing.T) {
 	require.ElementsMatch(t, []string{
 		"hash-secret", "launch-token", "app", "app register", "app list", "app show", "app update", "app remove",
 		"revoke", "audit", "audit verify", "token", "token inspect", "register", "routes",
+		"login", "status", "keys", "keys list", "keys rotate", "agents", "usage",
 	}, names)
 }
 
