@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,7 +19,8 @@ import (
 	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
 )
 
-// One test per deliberate departure from upstream (agentwrit-api.md, D1–D14).
+// One test per deliberate departure from upstream (docs/compatibility.md);
+// D20 is TestDeparture_D20_MethodNotAllowedProblem in http_test.go.
 
 // D1: /v1/delegate without delegate_to or scope is a 400, not a 500.
 func TestDeparture_D1_DelegateMissingFields(t *testing.T) {
@@ -615,4 +618,43 @@ func TestDeparture_D19_RenewalBoundedByDelegationChain(t *testing.T) {
 		c.kill(root)
 		requireProblem(t, renew(d), http.StatusUnauthorized, "unauthorized", "token renewal failed")
 	}
+}
+
+// unreachableDB is a Database whose registrations fail as a lost
+// connection does, while down is set.
+type unreachableDB struct {
+	Database
+	down *atomic.Bool
+}
+
+func (d unreachableDB) Register(ctx context.Context, r *Registration) error {
+	if d.down.Load() {
+		return fmt.Errorf("register: %w", ErrUnavailable)
+	}
+	return d.Database.Register(ctx, r)
+}
+
+// D21: a database that cannot be reached is a 503 with Retry-After (upstream:
+// 500), and nothing was acknowledged or consumed: the same single-use launch
+// token registers once the database is back.
+func TestDeparture_D21_DatabaseUnreachable(t *testing.T) {
+	db, err := openTestDatabase(context.Background(), filepath.Join(t.TempDir(), "broker.db"))
+	require.NoError(t, err)
+	var down atomic.Bool
+	store, err := NewStore(context.Background(), unreachableDB{db, &down}, StoreOptions{})
+	require.NoError(t, err)
+	t.Cleanup(func() { store.Close() })
+	b, err := New(store, Config{AdminSecret: testAdminHash})
+	require.NoError(t, err)
+	e := &testEnv{t: t, store: store, broker: b}
+
+	lt := e.mkLaunch(nil) // single-use
+	down.Store(true)
+	rec := e.do("POST", "/v1/register", "", e.registration(lt))
+	requireProblem(t, rec, http.StatusServiceUnavailable, "service_unavailable", "the broker's database is unavailable; retry shortly")
+	require.Equal(t, "1", rec.Header().Get("Retry-After"))
+
+	down.Store(false)
+	rec = e.do("POST", "/v1/register", "", e.registration(lt))
+	require.Equal(t, http.StatusOK, rec.Code, rec.Body.String())
 }

@@ -160,10 +160,10 @@ func TestBodyLimit(t *testing.T) {
 	requireProblem(t, e.doReq(req), 400, "invalid_request", "failed to read request body")
 }
 
-// TestMethodNotAllowed: a 405 with upstream's Allow header, but in
+// TestDeparture_D20_MethodNotAllowedProblem: a 405 with upstream's Allow header, but in
 // problem+json (D20; upstream sent plain text), HEAD on GETs, and the 307
 // for unclean paths.
-func TestMethodNotAllowed(t *testing.T) {
+func TestDeparture_D20_MethodNotAllowedProblem(t *testing.T) {
 	e := newTestEnv(t)
 	for _, c := range []struct{ method, path, allow string }{
 		{"POST", "/v1/challenge", "GET, HEAD"},
