@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// Audit event types emitted by the broker (upstream §12.4) and the gateway.
+// Audit event types emitted by the broker (upstream's) and the gateway.
 const (
 	EventAdminAuth             = "admin_auth"
 	EventAdminAuthFailed       = "admin_auth_failed"
@@ -64,7 +64,7 @@ type Event struct {
 }
 
 // ComputeHash returns the chain hash of e over its 13 fields joined by "|"
-// (upstream §12.2, byte for byte).
+// (upstream's, byte for byte).
 func (e *Event) ComputeHash() string {
 	s := strings.Join([]string{
 		e.PrevHash, e.ID, e.Timestamp, e.EventType, e.AgentID, e.TaskID, e.OrchID,
@@ -134,7 +134,7 @@ func hasPII(s string) bool {
 	return false
 }
 
-// sanitizeDetail is upstream's redaction, quirks included (§12.3), because
+// sanitizeDetail is upstream's redaction, quirks included, because
 // the hash covers the sanitized text.
 func sanitizeDetail(d string) string {
 	if !hasPII(d) {

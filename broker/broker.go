@@ -7,6 +7,9 @@
 //
 // It does not import Caddy: the caddymodule package wires it into Caddy,
 // and anything else can serve it with net/http.
+//
+// Where it departs from the upstream broker on purpose, a comment names the
+// departure (D1, D2, …) as listed, with its reason, in docs/compatibility.md.
 package broker
 
 import (

@@ -25,7 +25,7 @@ func validSegment(s string) bool {
 	return true
 }
 
-// handleRegister follows upstream's order (§10.5) so that nothing is
+// handleRegister follows upstream's order so that nothing is
 // consumed by a request that fails before the nonce check, and adds two
 // checks: orch_id/task_id are validated up front (D3), and small-order
 // public keys are refused.

@@ -230,7 +230,7 @@ func seqOf(id string) int64 {
 	return n
 }
 
-// Audit paging, as upstream (§10.10).
+// Audit paging, as upstream's.
 const (
 	defaultAuditLimit = 100
 	maxAuditLimit     = 1000

@@ -344,7 +344,7 @@ func (e *testEnv) issueToken(c Claims, ttl int64) string {
 	return tok
 }
 
-// requireSecurityHeaders asserts the headers of §2.3 (without HSTS).
+// requireSecurityHeaders asserts upstream's security headers (without HSTS).
 func requireSecurityHeaders(t *testing.T, rec *httptest.ResponseRecorder) {
 	t.Helper()
 	require.Equal(t, "nosniff", rec.Header().Get("X-Content-Type-Options"))

@@ -232,7 +232,7 @@ func claimsFrom(r *http.Request) *Claims {
 	return c
 }
 
-// bearer is upstream's ValMw (§2.8) plus, when scope is set, RequireScope.
+// bearer is upstream's bearer middleware plus, when scope is set, RequireScope.
 func (b *Broker) bearer(scope string, next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		c, ok := b.authenticate(w, r)

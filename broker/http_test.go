@@ -12,9 +12,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Cross-cutting HTTP behaviour (agentwrit-api.md §0, §2, §11).
+// Cross-cutting HTTP behaviour (routes, middleware, rate limits).
 
-// TestRequestID checks §2.2 on successes, problems, 404, 405 and 413.
+// TestRequestID checks the request ID on successes, problems, 404, 405 and 413.
 func TestRequestID(t *testing.T) {
 	e := newTestEnv(t)
 	big := strings.Repeat(" ", MaxBodyBytes+1)
@@ -64,7 +64,7 @@ func TestRequestID(t *testing.T) {
 	require.Equal(t, "first", e.doReq(req).Header().Get("X-Request-Id"))
 }
 
-// TestSecurityHeaders checks §2.3: on every response but the 413, and HSTS
+// TestSecurityHeaders checks the security headers: on every response but the 413, and HSTS
 // only over TLS.
 func TestSecurityHeaders(t *testing.T) {
 	e := newTestEnv(t, withClock(newTestClock())) // the rate limiter must not refill
@@ -119,7 +119,7 @@ type failingReader struct{}
 
 func (failingReader) Read([]byte) (int, error) { return 0, errors.New("boom") }
 
-// TestBodyLimit checks §2.4: 1 MiB is fine, one byte more is a 413 on any
+// TestBodyLimit checks the body limit: 1 MiB is fine, one byte more is a 413 on any
 // route and method, before routing and without security headers.
 func TestBodyLimit(t *testing.T) {
 	e := newTestEnv(t, withClock(newTestClock())) // the rate limiter must not refill
@@ -210,7 +210,7 @@ func TestDeparture_D20_MethodNotAllowedProblem(t *testing.T) {
 	}
 }
 
-// TestProblemShape checks §2.5 byte for byte.
+// TestProblemShape checks the problem+json shape byte for byte.
 func TestProblemShape(t *testing.T) {
 	e := newTestEnv(t)
 	req := newRequest("POST", "/v1/revoke?level=token", "")
@@ -298,7 +298,7 @@ func TestRateLimit_AppAuth(t *testing.T) {
 	require.Empty(t, e.events(EventAppAuthFailed))
 }
 
-// TestBearerAudienceAndIssuer checks §2.8 step 5 and §4.5 step 6.
+// TestBearerAudienceAndIssuer checks the bearer check's audience and issuer steps.
 func TestBearerAudienceAndIssuer(t *testing.T) {
 	e := newTestEnv(t, func(c *Config) { c.Audience = "aud-1"; c.Issuer = "iss-1" })
 	sub := "spiffe://agentwrit.local/agent/o/t/0123456789abcdef"
@@ -339,7 +339,7 @@ func TestBearerAudienceAndIssuer(t *testing.T) {
 	require.Equal(t, false, decode(t, e.do("POST", "/v1/token/validate", "", map[string]string{"token": foreign}))["valid"])
 }
 
-// TestJSONLeniency checks §2.7 where clients can observe it.
+// TestJSONLeniency checks upstream's JSON decoding rules where clients can observe it.
 func TestJSONLeniency(t *testing.T) {
 	e := newTestEnv(t)
 	admin := e.cachedAdmin()

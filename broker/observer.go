@@ -2,7 +2,7 @@ package broker
 
 import "time"
 
-// Observer receives the events behind upstream's broker metrics (§13), so
+// Observer receives the events behind upstream's broker metrics, so
 // the embedding program can count them in its own registry (Caddy's) without
 // this package importing a metrics library.
 type Observer interface {

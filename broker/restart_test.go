@@ -15,7 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// chainHash is the §12.2 hash, written here independently of ComputeHash:
+// chainHash is upstream's audit hash, written here independently of ComputeHash:
 // lowercase hex SHA-256 of the 13 fields joined by "|".
 func chainHash(prev, id, ts, typ, agent, task, orch, detail, resource, outcome string, depth int, chain string, bytes int) string {
 	s := prev + "|" + id + "|" + ts + "|" + typ + "|" + agent + "|" + task + "|" + orch + "|" + detail + "|" +
@@ -194,7 +194,7 @@ func TestVerifyAuditDetectsTampering(t *testing.T) {
 	})
 }
 
-// TestAuditHashVector pins §12.2 byte for byte with digests computed outside
+// TestAuditHashVector pins the audit hash byte for byte with digests computed outside
 // Go (printf '%s' "…" | sha256sum), and checks stored events against an
 // independent recomputation.
 func TestAuditHashVector(t *testing.T) {
@@ -275,7 +275,7 @@ func TestAuditForeignChain(t *testing.T) {
 	require.Equal(t, "evt-002001", ce.ID)
 }
 
-// TestSanitizeDetail pins §12.3, quirks included: the text is redacted only
+// TestSanitizeDetail pins upstream's redaction, quirks included: the text is redacted only
 // when the part before the first "=" (or, failing that, the first ": ")
 // holds a keyword, and then everything after that separator goes.
 func TestSanitizeDetail(t *testing.T) {

@@ -20,7 +20,7 @@ import (
 	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
 )
 
-// Per-route contract tests (agentwrit-api.md §10): success bodies with their
+// Per-route contract tests (docs/api.md): success bodies with their
 // exact field names and order, and every error status, error_code and
 // detail. Departures D1–D14 have their own tests in departures_test.go.
 
@@ -317,7 +317,7 @@ func TestRoute_Renew(t *testing.T) {
 	requireBearerErrors(t, e, "POST", "/v1/token/renew")
 }
 
-// requireBearerErrors checks ValMw's 401s (§2.8) on a Bearer route, with
+// requireBearerErrors checks the bearer check's 401s on a Bearer route, with
 // their token_auth_failed audit events.
 func requireBearerErrors(t *testing.T, e *testEnv, method, path string) {
 	t.Helper()
@@ -478,7 +478,7 @@ func TestRoute_Release(t *testing.T) {
 	require.Equal(t, "orch-1", ev.OrchID)
 	require.Equal(t, OutcomeSuccess, ev.Outcome)
 
-	// The second release: 401 from ValMw, not 403.
+	// The second release: 401 from the bearer check, not 403.
 	requireProblem(t, e.do("POST", "/v1/token/release", tok, nil), 401, "unauthorized", "token verification failed")
 	require.Equal(t, "token verification failed: "+ErrRevoked.Error()+" | path=/v1/token/release", e.lastEvent(EventTokenAuthFailed).Detail)
 	requireBearerErrors(t, e, "POST", "/v1/token/release")

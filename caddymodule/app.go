@@ -233,7 +233,7 @@ func (a *App) Broker(ctx context.Context) (*broker.Broker, error) {
 }
 
 // clientIP is Caddy's idea of the client address: it honours
-// trusted_proxies, where upstream trusted X-Forwarded-For blindly (D11).
+// trusted_proxies, where upstream trusted X-Forwarded-For blindly (docs/compatibility.md, D11).
 func clientIP(r *http.Request) string {
 	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
 		return ip

@@ -15,7 +15,7 @@ import (
 
 func tempDB(t testing.TB) string { return filepath.Join(t.TempDir(), "broker.db") }
 
-// TestEnforcementTable walks every row of design.md's enforcement table
+// TestEnforcementTable walks every row of the gateway's enforcement table (docs/api.md, the gateway's status codes)
 // through a real Caddy in front of a real backend.
 func TestEnforcementTable(t *testing.T) {
 	e := newEnv(t, tempDB(t))
