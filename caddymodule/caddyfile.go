@@ -221,10 +221,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "refuse_body_on":
 			var v string
 			if v, err = oneArg(d); err == nil {
-				h.RefuseBodyOn = []string{}
+				methods := []string{}
 				if v != "off" {
-					h.RefuseBodyOn = strings.Split(v, ",")
+					methods = strings.Split(v, ",")
 				}
+				h.RefuseBodyOn = &methods
 			}
 		default:
 			return d.Errf("unrecognized agentwrit subdirective %q", opt)

@@ -55,8 +55,9 @@ type Handler struct {
 	Mode string `json:"mode,omitempty"`
 	// RefuseBodyOn lists the methods whose requests are refused (400)
 	// when they carry a body, on every route (default
-	// DefaultRefuseBodyOn; an empty list refuses none).
-	RefuseBodyOn []string `json:"refuse_body_on,omitempty"`
+	// DefaultRefuseBodyOn; an empty list refuses none). A pointer, so that
+	// the empty list survives the JSON round trip.
+	RefuseBodyOn *[]string `json:"refuse_body_on,omitempty"`
 	// Broker, when set, validates tokens through an external broker
 	// (remote mode); nil uses the embedded broker of the agentwrit app.
 	Broker *RemoteBroker `json:"broker,omitempty"`
@@ -151,9 +152,9 @@ func (h *Handler) setup(v validator, app *App, col *collectors, logger *zap.Logg
 	if app != nil {
 		h.audience = app.Audience
 	}
-	h.noBody = h.RefuseBodyOn
-	if h.noBody == nil {
-		h.noBody = DefaultRefuseBodyOn
+	h.noBody = DefaultRefuseBodyOn
+	if h.RefuseBodyOn != nil {
+		h.noBody = *h.RefuseBodyOn
 	}
 	h.usageOff = h.Usage != nil && !*h.Usage
 	h.allowed = col.gateway.decisions.WithLabelValues("allow", "ok")
@@ -188,12 +189,20 @@ func (h *Handler) Validate() error {
 	default:
 		return fmt.Errorf("agentwrit: mode must be %q or %q, not %q", ModeEnforce, ModeReport, h.Mode)
 	}
-	for _, m := range h.RefuseBodyOn {
+	for _, m := range h.noBodyMethods() {
 		if m == "" || m != strings.ToUpper(m) {
 			return fmt.Errorf("agentwrit: refuse_body_on: %q is not an upper-case method", m)
 		}
 	}
 	return nil
+}
+
+// noBodyMethods is RefuseBodyOn as configured (nil when unset).
+func (h *Handler) noBodyMethods() []string {
+	if h.RefuseBodyOn == nil {
+		return nil
+	}
+	return *h.RefuseBodyOn
 }
 
 // recorder is where this handler counts usage, or nil: the embedded
