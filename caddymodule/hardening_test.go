@@ -102,4 +102,3 @@ func signWithBrokerKey(t *testing.T, path string, claims jwt.MapClaims) string {
 	require.NoError(t, err)
 	return s
 }
-
