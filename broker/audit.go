@@ -36,6 +36,10 @@ const (
 	EventAppDeregistered       = "app_deregistered"
 	// Events of this product, not upstream's.
 	EventKeyRotated = "key_rotated"
+	// EventAuditPruned anchors a pruned chain: its detail names the last
+	// pruned event and that event's hash, which the first kept event's
+	// prev_hash must equal (see ChainVerifier).
+	EventAuditPruned = "audit_pruned"
 	OutcomeSuccess  = "success"
 	OutcomeDenied   = "denied"
 	// GenesisHash is the prev_hash of the first event of a chain.
@@ -87,19 +91,37 @@ func (e *ChainError) Error() string {
 }
 
 // ChainVerifier checks events one at a time, in chain order, so a chain of
-// any length can be verified as it streams in.
+// any length can be verified as it streams in; Done ends the walk.
+//
+// A chain whose oldest events were pruned (audit retention) starts at an
+// event whose prev_hash is not the genesis hash. It verifies only if a
+// later audit_pruned event, itself part of the chain, names exactly the
+// event before the first kept one and its hash: the anchor.
 type ChainVerifier struct {
-	prev string
-	n    int
+	prev  string
+	n     int
+	first *Event // the first event, while its anchor is still owed
 }
 
 // NewChainVerifier starts at the genesis hash.
 func NewChainVerifier() *ChainVerifier { return &ChainVerifier{prev: GenesisHash} }
 
+// PrunedDetail is the detail of the audit_pruned event anchoring a chain
+// pruned through the event id with hash.
+func PrunedDetail(id, hash string) string { return "pruned_through=" + id + " pruned_hash=" + hash }
+
 // Next checks e against the chain so far; it returns a *ChainError at the
 // first event whose prev_hash or hash does not match.
 func (v *ChainVerifier) Next(e *Event) error {
 	defer func() { v.n++ }()
+	if v.n == 0 && e.PrevHash != GenesisHash && seqOf(e.ID) > 1 {
+		first := *e
+		v.first, v.prev = &first, e.PrevHash // pruned: owed an anchor
+	}
+	if v.first != nil && e.EventType == EventAuditPruned &&
+		e.Detail == PrunedDetail(eventID(seqOf(v.first.ID)-1), v.first.PrevHash) {
+		v.first = nil
+	}
 	if e.PrevHash != v.prev {
 		return &ChainError{Index: v.n, ID: e.ID, Reason: fmt.Sprintf("prev_hash %q, want %q", e.PrevHash, v.prev)}
 	}
@@ -110,8 +132,16 @@ func (v *ChainVerifier) Next(e *Event) error {
 	return nil
 }
 
-// VerifyChain checks a whole chain from genesis and reports the first broken
-// link as a *ChainError.
+// Done reports a pruned chain that no audit_pruned event anchors.
+func (v *ChainVerifier) Done() error {
+	if v.first != nil {
+		return &ChainError{Index: 0, ID: v.first.ID, Reason: "the chain starts after pruned events, but no audit_pruned event anchors it"}
+	}
+	return nil
+}
+
+// VerifyChain checks a whole chain from genesis (or its anchor) and
+// reports the first broken link as a *ChainError.
 func VerifyChain(events []Event) error {
 	v := NewChainVerifier()
 	for i := range events {
@@ -119,7 +149,7 @@ func VerifyChain(events []Event) error {
 			return err
 		}
 	}
-	return nil
+	return v.Done()
 }
 
 var piiKeywords = []string{"secret", "password", "token_value", "private_key"}
@@ -213,7 +243,7 @@ func VerifyAudit(ctx context.Context, db AuditDB) (AuditHead, error) {
 			head.Seq, head.Hash = evs[i].Seq, evs[i].Hash
 		}
 		if len(evs) < page {
-			return head, nil
+			return head, v.Done()
 		}
 	}
 }

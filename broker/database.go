@@ -182,6 +182,10 @@ type AuditDB interface {
 	// QueryAudit returns the events matching f and how many matched
 	// before paging.
 	QueryAudit(ctx context.Context, f AuditFilter) ([]Event, int, error)
+	// PruneAudit deletes the events at or before chain position seq and
+	// returns how many it deleted. The Store appends the anchor that keeps
+	// the rest verifiable first (see EventAuditPruned).
+	PruneAudit(ctx context.Context, seq int64) (int64, error)
 }
 
 // UsageDB holds scope usage and decision counts (see usage.go).

@@ -36,6 +36,10 @@ type StoreOptions struct {
 	Logger *slog.Logger
 	// UsageRetention is how long scope usage is kept (0: DefaultUsageRetention).
 	UsageRetention time.Duration
+	// AuditRetention, when positive, prunes audit events older than this,
+	// after appending an audit_pruned anchor that keeps the rest of the
+	// chain verifiable. Zero keeps the whole chain.
+	AuditRetention time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -64,6 +68,7 @@ type Store struct {
 	revocations *RevocationIndex
 	keys        *keyRing
 	audit       *auditLog
+	auditPruned time.Time // last audit prune; the janitor's alone
 	denials     *denialLog
 	usage       *UsageRecorder
 	opt         StoreOptions
@@ -356,6 +361,9 @@ const (
 	// expiredRetention keeps expired launch tokens and token records a
 	// day, so "expired" stays distinguishable from "not found".
 	expiredRetention = 24 * time.Hour
+	// auditPruneInterval spaces audit pruning, so that each anchor event
+	// stands for an hour of pruned events, not ten seconds of them.
+	auditPruneInterval = time.Hour
 )
 
 // janitor prunes what has expired, so neither memory nor the database
@@ -383,10 +391,39 @@ func (s *Store) prune(now time.Time) {
 		s.db.PruneLaunchTokens(ctx, now.Add(-expiredRetention)),
 		s.db.PruneTokens(ctx, now.Add(-expiredRetention)),
 		s.db.PruneUsage(ctx, now.Add(-s.opt.UsageRetention), now.Add(-decisionRetention)),
+		s.pruneAudit(ctx, now),
 	)
 	if err != nil {
 		s.log.Warn("agentwrit: pruning expired records failed", "error", err)
 	}
+}
+
+// pruneAudit applies AuditRetention: it anchors the chain at the newest
+// event older than the cutoff, then deletes that event and all before it.
+// The anchor is stored first, so a crash between the two steps leaves a
+// whole chain with a spare anchor, never an unanchored one.
+func (s *Store) pruneAudit(ctx context.Context, now time.Time) error {
+	if s.opt.AuditRetention <= 0 || now.Sub(s.auditPruned) < auditPruneInterval {
+		return nil
+	}
+	s.auditPruned = now
+	cutoff := now.Add(-s.opt.AuditRetention)
+	last, _, err := s.db.QueryAudit(ctx, AuditFilter{Until: &cutoff, NewestFirst: true, Limit: 1})
+	if err != nil || len(last) == 0 {
+		return err
+	}
+	e := last[0]
+	if _, err := s.audit.append(ctx, Event{
+		EventType: EventAuditPruned, Outcome: OutcomeSuccess, Detail: PrunedDetail(e.ID, e.Hash),
+	}); err != nil {
+		return fmt.Errorf("audit anchor: %w", err)
+	}
+	n, err := s.db.PruneAudit(ctx, seqOf(e.ID))
+	if err != nil {
+		return err
+	}
+	s.log.Info("agentwrit: pruned the audit chain", "through", e.ID, "events", n)
+	return nil
 }
 
 // broadcast wakes every waiter at once: wait returns a channel that is

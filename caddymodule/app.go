@@ -67,6 +67,10 @@ type App struct {
 	// database this replica's revocation index may fall before enforcement
 	// fails closed with 503 (default 5s).
 	MaxRevocationStaleness caddy.Duration `json:"max_revocation_staleness,omitempty"`
+	// AuditRetention, when set, prunes audit events older than this (at
+	// most hourly), after an audit_pruned event that anchors the rest, so
+	// `caddy agentwrit audit verify` still passes. Default: keep all.
+	AuditRetention caddy.Duration `json:"audit_retention,omitempty"`
 	// SigningKey optionally names a PKCS#8 PEM Ed25519 key file (created if
 	// missing); by default the key set lives in the database.
 	SigningKey string `json:"signing_key,omitempty"`
@@ -152,6 +156,7 @@ func (a *App) Validate() error {
 	for name, d := range map[string]caddy.Duration{
 		"default_ttl": a.DefaultTTL, "admin_token_ttl": a.AdminTokenTTL, "app_token_ttl": a.AppTokenTTL,
 		"database_statement_timeout": a.DatabaseStatementTimeout, "max_revocation_staleness": a.MaxRevocationStaleness,
+		"audit_retention": a.AuditRetention,
 	} {
 		if d < 0 {
 			return fmt.Errorf("agentwrit: %s must not be negative", name)
@@ -173,7 +178,7 @@ func (a *App) Start() error {
 		}
 		a.cfg.SigningKey = key
 	}
-	so := broker.StoreOptions{MaxStaleness: time.Duration(a.MaxRevocationStaleness)}
+	so := broker.StoreOptions{MaxStaleness: time.Duration(a.MaxRevocationStaleness), AuditRetention: time.Duration(a.AuditRetention)}
 	do := storage.Options{MaxConns: int32(a.DatabasePoolSize), StatementTimeout: time.Duration(a.DatabaseStatementTimeout)}
 	store, err := loadStore(a.ctx, a.dsn, do, so, a.ctx.Slogger())
 	if err != nil {

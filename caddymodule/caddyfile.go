@@ -84,6 +84,7 @@ func choiceArg(d *caddyfile.Dispenser, choices ...string) (string, error) {
 //			statement_timeout <duration>
 //		}]
 //		max_revocation_staleness <duration>
+//		audit_retention <duration>
 //		signing_key     <pem file>
 //	}
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -100,6 +101,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		durs := map[string]*caddy.Duration{
 			"default_ttl": &a.DefaultTTL, "max_ttl": &a.MaxTTL, "admin_token_ttl": &a.AdminTokenTTL,
 			"app_token_ttl": &a.AppTokenTTL, "max_revocation_staleness": &a.MaxRevocationStaleness,
+			"audit_retention": &a.AuditRetention,
 		}
 		if p, ok := strs[name]; ok {
 			args := d.RemainingArgs()

@@ -161,6 +161,11 @@ func runAuditVerify(cmd *cobra.Command, _ []string) error {
 		n++
 		head = e.Hash
 	}
+	if broken == nil {
+		if err := v.Done(); err != nil && !errors.As(err, &broken) {
+			return err
+		}
+	}
 	if jsonFlag(cmd) {
 		out := map[string]any{"intact": broken == nil, "verified": n}
 		if broken != nil {

@@ -102,3 +102,15 @@ func (d *DB) QueryAudit(ctx context.Context, f broker.AuditFilter) ([]broker.Eve
 	}
 	return events, total, nil
 }
+
+// PruneAudit implements broker.AuditDB. The audit_head row is never
+// pruned: the anchor appended before is newer than anything deleted.
+func (d *DB) PruneAudit(ctx context.Context, seq int64) (int64, error) {
+	ctx, cancel := d.bound(ctx)
+	defer cancel()
+	tag, err := d.pool.Exec(ctx, `DELETE FROM audit_events WHERE seq <= $1`, seq)
+	if err != nil {
+		return 0, d.fail("prune audit", err)
+	}
+	return tag.RowsAffected(), nil
+}

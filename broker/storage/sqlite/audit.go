@@ -147,3 +147,12 @@ func (d *DB) QueryAudit(ctx context.Context, f broker.AuditFilter) ([]broker.Eve
 	}
 	return events, total, rows.Err()
 }
+
+// PruneAudit implements broker.AuditDB.
+func (d *DB) PruneAudit(ctx context.Context, seq int64) (int64, error) {
+	res, err := d.db.ExecContext(ctx, `DELETE FROM audit_events WHERE seq <= ?`, seq)
+	if err != nil {
+		return 0, fmt.Errorf("prune audit: %w", err)
+	}
+	return res.RowsAffected()
+}

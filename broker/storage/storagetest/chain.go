@@ -160,6 +160,34 @@ func testAuditQuery(t *testing.T, h Harness) {
 	}
 }
 
+// testAuditPrune: pruning deletes through a position and keeps the head,
+// so appends go on chaining after it.
+func testAuditPrune(t *testing.T, h Harness) {
+	db, _ := h.Fresh(t)
+	for i := range 5 {
+		require.NoError(t, db.AppendAudit(ctx(), []broker.Event{{EventType: broker.EventAdminAuth, Detail: fmt.Sprint(i)}}, now))
+	}
+	n, err := db.PruneAudit(ctx(), 3)
+	require.NoError(t, err)
+	require.Equal(t, int64(3), n)
+	evs, total, err := db.QueryAudit(ctx(), broker.AuditFilter{})
+	require.NoError(t, err)
+	require.Equal(t, 2, total)
+	require.Equal(t, "evt-000004", evs[0].ID)
+
+	head, err := db.AuditHead(ctx())
+	require.NoError(t, err)
+	require.Equal(t, int64(5), head.Seq)
+	next := []broker.Event{{EventType: broker.EventAdminAuth, Detail: "after"}}
+	require.NoError(t, db.AppendAudit(ctx(), next, now))
+	require.Equal(t, "evt-000006", next[0].ID)
+	require.Equal(t, head.Hash, next[0].PrevHash)
+
+	n, err = db.PruneAudit(ctx(), 3)
+	require.NoError(t, err)
+	require.Zero(t, n, "pruning again deletes nothing")
+}
+
 // testReplicas: what several handles on one database must share.
 func testReplicas(t *testing.T, h Harness) {
 	_, reopen := h.Fresh(t)

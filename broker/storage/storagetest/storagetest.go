@@ -43,6 +43,7 @@ func Run(t *testing.T, h Harness) {
 		{"Watch", testWatch},
 		{"Audit", testAudit},
 		{"AuditQuery", testAuditQuery},
+		{"AuditPrune", testAuditPrune},
 		{"Replicas", testReplicas},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.run(t, h) })
