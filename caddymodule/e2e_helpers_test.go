@@ -3,10 +3,7 @@ package caddymodule_test
 import (
 	"bufio"
 	"bytes"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/base64"
-	"encoding/hex"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -24,6 +21,8 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	"github.com/stretchr/testify/require"
 
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	awclient "github.com/caddy-agentwrit/caddy-agentwrit/broker/client"
 	_ "github.com/caddy-agentwrit/caddy-agentwrit/caddymodule"
 )
 
@@ -220,24 +219,16 @@ func (e *env) adminToken() string {
 // agent registers an agent with the given scopes and returns its ID and token.
 func (e *env) agent(scope ...string) (string, string) {
 	e.t.Helper()
-	admin := e.adminToken()
-	resp, m := call(e.t, "POST", e.brokerURL("/v1/admin/launch-tokens"), admin,
-		map[string]any{"agent_name": "e2e", "allowed_scope": scope, "max_ttl": 600})
-	require.Equal(e.t, 201, resp.StatusCode, m)
-	launch := m["launch_token"].(string)
-	_, m = call(e.t, "GET", e.brokerURL("/v1/challenge"), "", nil)
-	nonce := m["nonce"].(string)
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	ctx := context.Background()
+	c, err := awclient.New(e.brokerURL(""), awclient.WithHTTPClient(client))
 	require.NoError(e.t, err)
-	nb, _ := hex.DecodeString(nonce)
-	resp, m = call(e.t, "POST", e.brokerURL("/v1/register"), "", map[string]any{
-		"launch_token": launch, "nonce": nonce,
-		"public_key": base64.StdEncoding.EncodeToString(pub),
-		"signature":  base64.StdEncoding.EncodeToString(ed25519.Sign(priv, nb)),
-		"orch_id":    "orch-e2e", "task_id": "task-e2e", "requested_scope": scope,
-	})
-	require.Equal(e.t, 200, resp.StatusCode, m)
-	return m["agent_id"].(string), m["access_token"].(string)
+	admin, err := c.LoginAdmin(ctx, adminSecret)
+	require.NoError(e.t, err)
+	lt, err := admin.CreateLaunchToken(ctx, broker.LaunchTokenRequest{AgentName: "e2e", AllowedScope: scope, MaxTTL: 600})
+	require.NoError(e.t, err)
+	a, err := c.Register(ctx, lt.LaunchToken, scope, awclient.WithOrchID("orch-e2e"), awclient.WithTaskID("task-e2e"))
+	require.NoError(e.t, err)
+	return a.ID, a.Token
 }
 
 // raw sends a request line exactly as given (no client-side path cleaning).
