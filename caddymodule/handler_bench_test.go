@@ -64,14 +64,23 @@ func benchBroker(b testing.TB, scope ...string) (*broker.Broker, string) {
 // embedded mode with a cached token: rule lookup, template expansion,
 // verification cache hit, live revocation check, scope check, identity
 // headers and placeholders. The next handler does nothing.
-func BenchmarkHandlerAllowed(b *testing.B) {
+func BenchmarkHandlerAllowed(b *testing.B) { benchAllowed(b, nil) }
+
+// BenchmarkHandlerAllowedUsageOff is the same path with `usage off`: the
+// difference is what counting scope usage costs.
+func BenchmarkHandlerAllowedUsageOff(b *testing.B) {
+	off := false
+	benchAllowed(b, &off)
+}
+
+func benchAllowed(b *testing.B, usage *bool) {
 	br, tok := benchBroker(b, "read:orders:*")
 	rules := []scopemap.Rule{
 		{Methods: []string{"GET"}, Pattern: "/orders/{id}", Scopes: []string{"read:orders:{id}"}},
 		{Methods: []string{"POST"}, Pattern: "/orders/{id}", Scopes: []string{"write:orders:{id}"}},
 		{Public: true, Methods: []string{"GET"}, Pattern: "/healthz"},
 	}
-	h := testHandler(b, &Handler{Rules: rules}, nil, appFor(br), testCollectors(b, prometheus.NewRegistry()), nil)
+	h := testHandler(b, &Handler{Rules: rules, Usage: usage}, nil, appFor(br), testCollectors(b, prometheus.NewRegistry()), nil)
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
 	req := httptest.NewRequest("GET", "/orders/42", nil)
 	req.Header.Set("Authorization", "Bearer "+tok)
