@@ -40,8 +40,8 @@ const (
 	// pruned event and that event's hash, which the first kept event's
 	// prev_hash must equal (see ChainVerifier).
 	EventAuditPruned = "audit_pruned"
-	OutcomeSuccess  = "success"
-	OutcomeDenied   = "denied"
+	OutcomeSuccess   = "success"
+	OutcomeDenied    = "denied"
 	// GenesisHash is the prev_hash of the first event of a chain.
 	GenesisHash = "0000000000000000000000000000000000000000000000000000000000000000"
 )
