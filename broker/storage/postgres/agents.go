@@ -150,15 +150,7 @@ func (d *DB) Agents(ctx context.Context, f broker.AgentFilter) ([]broker.AgentVi
 		return nil, 0, d.fail("list agents' tokens", err)
 	}
 	defer trows.Close()
-	for trows.Next() {
-		var t broker.TokenRecord
-		if err := sqlq.ScanToken(trows, &t); err != nil {
-			return nil, 0, fmt.Errorf("list agents' tokens: %w", err)
-		}
-		v := &views[byID[t.Subject]]
-		v.Tokens = append(v.Tokens, t)
-	}
-	return views, total, d.fail("list agents' tokens", trows.Err())
+	return views, total, d.fail("list agents' tokens", sqlq.AttachTokens(trows, views, byID))
 }
 
 // Stats implements broker.AgentDB.

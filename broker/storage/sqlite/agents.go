@@ -193,15 +193,10 @@ func (d *DB) Agents(ctx context.Context, f broker.AgentFilter) ([]broker.AgentVi
 		return nil, 0, fmt.Errorf("list agents' tokens: %w", err)
 	}
 	defer trows.Close()
-	for trows.Next() {
-		var t broker.TokenRecord
-		if err := sqlq.ScanToken(trows, &t); err != nil {
-			return nil, 0, fmt.Errorf("list agents' tokens: %w", err)
-		}
-		v := &views[byID[t.Subject]]
-		v.Tokens = append(v.Tokens, t)
+	if err := sqlq.AttachTokens(trows, views, byID); err != nil {
+		return nil, 0, fmt.Errorf("list agents' tokens: %w", err)
 	}
-	return views, total, trows.Err()
+	return views, total, nil
 }
 
 // Stats implements broker.AgentDB.

@@ -191,6 +191,27 @@ func ScanToken(row Scanner, t *broker.TokenRecord) error {
 	return err
 }
 
+// Rows is what both drivers' result sets have in common.
+type Rows interface {
+	Scanner
+	Next() bool
+	Err() error
+}
+
+// AttachTokens reads rows of TokenColumns into the views of their
+// subjects (byID: subject → index in views).
+func AttachTokens(rows Rows, views []broker.AgentView, byID map[string]int) error {
+	for rows.Next() {
+		var t broker.TokenRecord
+		if err := ScanToken(rows, &t); err != nil {
+			return err
+		}
+		v := &views[byID[t.Subject]]
+		v.Tokens = append(v.Tokens, t)
+	}
+	return rows.Err()
+}
+
 // AgentQuery builds the WHERE clause (with its leading " WHERE ", or "")
 // of f and its arguments, placeholders from 1.
 func AgentQuery(f broker.AgentFilter, ph Placeholder) (string, []any) {
