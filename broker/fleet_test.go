@@ -62,20 +62,16 @@ func signedRegistration(t *testing.T, launchToken, nonce string, scopes []string
 	}
 }
 
-// startTogether runs f(i) for i < n on goroutines released at once.
+// startTogether runs f(i) for i < n on goroutines released at once by
+// closing a gate, and waits for all.
 func startTogether(n int, f func(i int)) {
-	var start, done sync.WaitGroup
-	start.Add(1)
-	done.Add(n)
+	gate := make(chan struct{})
+	var wg sync.WaitGroup
 	for i := range n {
-		go func() {
-			defer done.Done()
-			start.Wait()
-			f(i)
-		}()
+		wg.Go(func() { <-gate; f(i) })
 	}
-	start.Done()
-	done.Wait()
+	close(gate)
+	wg.Wait()
 }
 
 func TestFleetChallengeAcrossReplicas(t *testing.T) {

@@ -88,9 +88,34 @@ http://127.0.0.1:%s {
 	}
 }
 
-// startReplica starts a process on the database dsn and waits until its
-// broker answers.
-func startReplica(t *testing.T, name, dsn string) *replica {
+// buildProduct builds the binary (without the test's instrumentation,
+// so the replicas run as users run them) into a temp dir and returns a
+// function making commands of it, with their data and config directories
+// inside t's temp dir.
+func buildProduct(t *testing.T) func(env []string, args ...string) *exec.Cmd {
+	t.Helper()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("the go tool is not on PATH: cannot build caddy-agentwrit for the fleet test")
+	}
+	bin := filepath.Join(t.TempDir(), "caddy-agentwrit")
+	build := exec.Command(goTool, "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return func(env []string, args ...string) *exec.Cmd {
+		home := t.TempDir()
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), "HOME="+home,
+			"XDG_DATA_HOME="+filepath.Join(home, "data"), "XDG_CONFIG_HOME="+filepath.Join(home, "config"))
+		cmd.Env = append(cmd.Env, env...)
+		return cmd
+	}
+}
+
+// startReplica starts a process of the binary run makes on the database
+// dsn and waits until its broker answers.
+func startReplica(t *testing.T, run func([]string, ...string) *exec.Cmd, name, dsn string) *replica {
 	t.Helper()
 	r := &replica{
 		name: name, dsn: dsn, config: filepath.Join(t.TempDir(), "Caddyfile"),
@@ -99,7 +124,7 @@ func startReplica(t *testing.T, name, dsn string) *replica {
 	}
 	r.brokerURL, r.gatewayURL = "http://127.0.0.1:"+r.brokerPort, "http://127.0.0.1:"+r.gatewayPort
 	r.writeConfig(t, "v1")
-	r.cmd = product(t, []string{"AGENTWRIT_ADMIN_SECRET=" + brokertest.AdminSecretHash()}, "run", "--config", r.config)
+	r.cmd = run([]string{"AGENTWRIT_ADMIN_SECRET=" + brokertest.AdminSecretHash()}, "run", "--config", r.config)
 	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -207,7 +232,8 @@ func TestFleetProcesses(t *testing.T) {
 		t.Skip("set " + brokertest.PostgresEnv + "=postgres://… to run the fleet test (two processes on one PostgreSQL database)")
 	}
 	dsn := brokertest.PostgresDSN(t)
-	a, b := startReplica(t, "A", dsn), startReplica(t, "B", dsn)
+	run := buildProduct(t)
+	a, b := startReplica(t, run, "A", dsn), startReplica(t, run, "B", dsn)
 	ctx := context.Background()
 	scopes := []string{"read:data:*"}
 	no := false
@@ -257,7 +283,7 @@ func TestFleetProcesses(t *testing.T) {
 	t.Logf("revocation on B enforced by A's gateway after %s", time.Since(revokedAt).Round(time.Microsecond))
 
 	t.Run("crash", func(t *testing.T) { crash(t, a, b, ltA, ltB, scopes, hc) })
-	t.Run("reload under load", func(t *testing.T) { reloadUnderLoad(t, b, ltB, scopes, hc) })
+	t.Run("reload under load", func(t *testing.T) { reloadUnderLoad(t, run, b, ltB, scopes, hc) })
 }
 
 // crash registers on A and B at the same time, kills A with SIGKILL
@@ -325,7 +351,7 @@ func crash(t *testing.T, a, b *replica, ltA, ltB string, scopes []string, hc *ht
 // reloadUnderLoad sends gateway requests through r while `caddy-agentwrit
 // reload` changes its configuration: none may fail, and the new
 // configuration must be serving by the end.
-func reloadUnderLoad(t *testing.T, r *replica, lt string, scopes []string, hc *http.Client) {
+func reloadUnderLoad(t *testing.T, run func([]string, ...string) *exec.Cmd, r *replica, lt string, scopes []string, hc *http.Client) {
 	ag, err := r.client(t).Register(context.Background(), lt, scopes)
 	if err != nil {
 		t.Fatal(err)
@@ -362,7 +388,7 @@ func reloadUnderLoad(t *testing.T, r *replica, lt string, scopes []string, hc *h
 	r.writeConfig(t, "v2")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	p := product(t, []string{"AGENTWRIT_ADMIN_SECRET=" + brokertest.AdminSecretHash()}, "reload", "--config", r.config, "--address", r.admin)
+	p := run(nil, "reload", "--config", r.config, "--address", r.admin)
 	reload := exec.CommandContext(ctx, p.Path, p.Args[1:]...)
 	reload.Env = p.Env
 	out, err := reload.CombinedOutput()
