@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -189,8 +190,8 @@ func (r *replica) adminClient(t *testing.T) *client.Client {
 }
 
 // get calls the replica's gateway with token and returns the status and body.
-func (r *replica) get(hc *http.Client, path, token string) (int, string, error) {
-	req, err := http.NewRequest(http.MethodGet, r.gatewayURL+path, nil)
+func (r *replica) get(ctx context.Context, hc *http.Client, path, token string) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.gatewayURL+path, nil)
 	if err != nil {
 		return 0, "", err
 	}
@@ -252,10 +253,10 @@ func TestFleetProcesses(t *testing.T) {
 	if err != nil {
 		t.Fatalf("register on A: %v", err)
 	}
-	if st, body, err := b.get(hc, "/data/1", ag.Token); err != nil || st != http.StatusOK {
+	if st, body, err := b.get(ctx, hc, "/data/1", ag.Token); err != nil || st != http.StatusOK {
 		t.Fatalf("B's gateway with A's token: %d %q %v", st, body, err)
 	}
-	if st, _, err := a.get(hc, "/data/1", ag.Token); err != nil || st != http.StatusOK {
+	if st, _, err := a.get(ctx, hc, "/data/1", ag.Token); err != nil || st != http.StatusOK {
 		t.Fatalf("A's gateway: %d %v", st, err)
 	}
 
@@ -265,7 +266,7 @@ func TestFleetProcesses(t *testing.T) {
 	}
 	revokedAt := time.Now()
 	for {
-		st, body, err := a.get(hc, "/data/1", ag.Token)
+		st, body, err := a.get(ctx, hc, "/data/1", ag.Token)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -283,7 +284,7 @@ func TestFleetProcesses(t *testing.T) {
 	t.Logf("revocation on B enforced by A's gateway after %s", time.Since(revokedAt).Round(time.Microsecond))
 
 	t.Run("crash", func(t *testing.T) { crash(t, a, b, ltA, ltB, scopes, hc) })
-	t.Run("reload under load", func(t *testing.T) { reloadUnderLoad(t, run, b, ltB, scopes, hc) })
+	t.Run("reload under load", func(t *testing.T) { reloadUnderLoad(t, run, b, ltB, scopes) })
 }
 
 // crash registers on A and B at the same time, kills A with SIGKILL
@@ -342,7 +343,7 @@ func crash(t *testing.T, a, b *replica, ltA, ltB string, scopes []string, hc *ht
 		if err != nil || !v.Valid {
 			t.Errorf("token of %s, acknowledged by A, does not validate on B: %+v %v", ag.ID, v, err)
 		}
-		if st, body, err := b.get(hc, "/data/1", ag.Token); err != nil || st != http.StatusOK {
+		if st, body, err := b.get(ctx, hc, "/data/1", ag.Token); err != nil || st != http.StatusOK {
 			t.Errorf("B's gateway after A's crash, token of %s: %d %q %v", ag.ID, st, body, err)
 		}
 	}
@@ -351,7 +352,7 @@ func crash(t *testing.T, a, b *replica, ltA, ltB string, scopes []string, hc *ht
 // reloadUnderLoad sends gateway requests through r while `caddy-agentwrit
 // reload` changes its configuration: none may fail, and the new
 // configuration must be serving by the end.
-func reloadUnderLoad(t *testing.T, run func([]string, ...string) *exec.Cmd, r *replica, lt string, scopes []string, hc *http.Client) {
+func reloadUnderLoad(t *testing.T, run func([]string, ...string) *exec.Cmd, r *replica, lt string, scopes []string) {
 	ag, err := r.client(t).Register(context.Background(), lt, scopes)
 	if err != nil {
 		t.Fatal(err)
@@ -361,7 +362,11 @@ func reloadUnderLoad(t *testing.T, run func([]string, ...string) *exec.Cmd, r *r
 	var firstFailure atomic.Value
 	var sawV2 atomic.Bool
 	var wg sync.WaitGroup
-	for range 4 {
+	// Keep-alive clients, as gateways' callers are: one idle connection
+	// kept per worker.
+	const workers = 4
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -371,11 +376,15 @@ func reloadUnderLoad(t *testing.T, run func([]string, ...string) *exec.Cmd, r *r
 					return
 				default:
 				}
-				st, body, err := r.get(hc, "/data/7", ag.Token)
+				var reused bool
+				ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+					GotConn: func(ci httptrace.GotConnInfo) { reused = ci.Reused },
+				})
+				st, body, err := r.get(ctx, hc, "/data/7", ag.Token)
 				sent.Add(1)
 				if err != nil || st != http.StatusOK {
 					failed.Add(1)
-					firstFailure.CompareAndSwap(nil, fmt.Sprintf("%d %q %v", st, body, err))
+					firstFailure.CompareAndSwap(nil, fmt.Sprintf("%d %q %v (connection reused: %v)", st, body, err, reused))
 					continue
 				}
 				if len(body) >= 2 && body[:2] == "v2" {
