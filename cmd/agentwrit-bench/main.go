@@ -6,7 +6,9 @@
 // broker API, drives each with a fixed number of keep-alive connections in
 // alternating rounds, and prints medians over rounds. With -soak it instead
 // runs sustained load while tokens are revoked and released, agents
-// register, and the remote broker is killed and restarted.
+// register, and the remote broker is killed and restarted. With -fleet N
+// it starts N replicas on one PostgreSQL database and measures
+// registrations spread over them and revocation propagation between them.
 //
 // The binary is its own Caddy: `agentwrit-bench caddy run …` is Caddy with
 // the standard modules and this plugin, which is how the children start.
@@ -51,6 +53,10 @@ type options struct {
 	remoteTTL time.Duration
 	profile   string
 	keep      bool
+
+	fleet       int    // replicas of the -fleet mode; 0: not that mode
+	database    string // PostgreSQL server of the -fleet mode
+	revocations int    // revocations timed by the -fleet mode
 }
 
 func main() {
@@ -71,6 +77,9 @@ func main() {
 	flag.DurationVar(&o.remoteTTL, "remote-cache-ttl", 30*time.Second, "cache_ttl of the cached remote gateway")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write CPU profiles of the last round to <prefix>-<process>.prof, one per process (gateways, broker, backend)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs, logs, databases)")
+	flag.IntVar(&o.fleet, "fleet", 0, "instead of the comparison, run N replicas on one PostgreSQL database: registrations spread over them for -duration with -conns workers, then revocation propagation between replicas")
+	flag.StringVar(&o.database, "database", os.Getenv("AGENTWRIT_TEST_POSTGRES"), "PostgreSQL server of -fleet, as a role that may create databases (a fresh one is made and dropped); default $AGENTWRIT_TEST_POSTGRES")
+	flag.IntVar(&o.revocations, "revocations", 200, "revocations whose propagation -fleet times")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -191,6 +200,9 @@ func start(ctx context.Context, ps *procs, o options) (*setup, error) {
 }
 
 func run(ctx context.Context, ps *procs, o options) error {
+	if o.fleet > 0 {
+		return runFleet(ctx, ps, o)
+	}
 	s, err := start(ctx, ps, o)
 	if err != nil {
 		return err
