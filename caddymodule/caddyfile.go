@@ -23,7 +23,7 @@ func init() {
 	httpcaddyfile.RegisterHandlerDirective("agentwrit_broker", parseBrokerHandler)
 	httpcaddyfile.RegisterDirectiveOrder("agentwrit_broker", httpcaddyfile.Before, "respond")
 	httpcaddyfile.RegisterHandlerDirective("agentwrit_console", parseConsole)
-	httpcaddyfile.RegisterDirectiveOrder("agentwrit_console", httpcaddyfile.After, "agentwrit_broker")
+	httpcaddyfile.RegisterDirectiveOrder("agentwrit_console", httpcaddyfile.Before, "respond") // so right after agentwrit_broker
 }
 
 var (
