@@ -168,3 +168,8 @@ func TestRemoteBrokerDown(t *testing.T) {
 	require.Equal(t, http.StatusBadGateway, resp.StatusCode)
 	requireSecurityHeaders(t, resp, "bad gateway")
 }
+
+func decodeJSON(t *testing.T, resp *http.Response, v any) {
+	t.Helper()
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(v))
+}
