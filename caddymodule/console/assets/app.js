@@ -1,6 +1,7 @@
 // The console's shell: sign-in, navigation, and the current view.
 import { signIn, signOut, signedIn, setSignOutHandler } from './api.js';
 import { clear, message } from './dom.js';
+import { forgetVerification } from './verify.js';
 import * as overview from './overview.js';
 import * as agents from './agents.js';
 import * as audit from './audit.js';
@@ -24,6 +25,7 @@ function show(name) {
 function signedOut(reason) {
   if (current) current.stop();
   current = null;
+  forgetVerification();
   clear($('view')).hidden = true;
   $('nav').hidden = true;
   $('signin').hidden = false;

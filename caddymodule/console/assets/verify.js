@@ -1,13 +1,24 @@
-// Server-side verification of the audit hash chain.
+// Server-side verification of the audit hash chain. It reads the whole
+// chain, so it runs once per session unless asked again: the last result
+// is shown with the time it was taken.
 import { get, SessionEnded } from './api.js';
 import { h, clear } from './dom.js';
 
-// verifyChain renders a Verify button and the last result into el, and
-// runs a verification at once.
+let last = null; // { text, ok, at }
+
+// forgetVerification drops the last result (on sign-out).
+export function forgetVerification() { last = null; }
+
+// verifyChain renders a Verify button and the last result into el; it
+// verifies at once if this session has not yet.
 export function verifyChain(el) {
   const out = h('span', { class: 'verify-result', id: 'verify-result' }, 'not verified yet');
   const button = h('button', { type: 'button', id: 'verify' }, 'Verify chain');
   clear(el).append(button, ' ', out);
+  const show = (r) => {
+    out.textContent = `${r.text} (checked ${r.at.toLocaleTimeString()})`;
+    out.className = r.ok ? 'verify-result ok' : 'verify-result bad';
+  };
   async function run() {
     button.disabled = true;
     out.textContent = 'verifying…';
@@ -15,13 +26,13 @@ export function verifyChain(el) {
     try {
       const v = await get('/v1/admin/audit/verify');
       if (v.intact) {
-        out.textContent = `intact: ${v.verified} events verified, head ${v.head_id || '(empty)'} ${v.head_hash}`;
-        out.className = 'verify-result ok';
+        last = { ok: true, text: `intact: ${v.verified} events verified, head ${v.head_id || '(empty)'} ${v.head_hash}` };
       } else {
         const b = v.broken || {};
-        out.textContent = `BROKEN at event ${b.id} (position ${b.index}): ${b.reason}; ${v.verified} events verified before it`;
-        out.className = 'verify-result bad';
+        last = { ok: false, text: `BROKEN at event ${b.id} (position ${b.index}): ${b.reason}; ${v.verified} events verified before it` };
       }
+      last.at = new Date();
+      show(last);
     } catch (e) {
       if (!(e instanceof SessionEnded)) {
         out.textContent = `verification failed: ${e.message}`;
@@ -32,5 +43,6 @@ export function verifyChain(el) {
     }
   }
   button.addEventListener('click', run);
-  run();
+  if (last) show(last);
+  else run();
 }
