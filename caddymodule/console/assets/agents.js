@@ -1,17 +1,14 @@
 // Agents: the registered agents with their live tokens, filters, paging,
 // and revocation at every level.
 import { get, call, SessionEnded } from './api.js';
-import { h, clear, table, message, time } from './dom.js';
+import { h, clear, table, message, time, textInputs, pager } from './dom.js';
 import { confirmAction } from './confirm.js';
 
 const pageSize = 50;
 
 export function mount(el) {
   const f = {
-    q: h('input', { type: 'search', name: 'q', placeholder: 'agent ID contains' }),
-    task_id: h('input', { type: 'text', name: 'task_id', placeholder: 'task ID' }),
-    orch_id: h('input', { type: 'text', name: 'orch_id', placeholder: 'orchestrator ID' }),
-    app_id: h('input', { type: 'text', name: 'app_id', placeholder: 'app ID' }),
+    ...textInputs({ q: 'agent ID contains', task_id: 'task ID', orch_id: 'orchestrator ID', app_id: 'app ID' }),
     all: h('input', { type: 'checkbox', name: 'all' }),
   };
   const form = h('form', { class: 'filters', id: 'agents-filter' },
@@ -19,10 +16,8 @@ export function mount(el) {
     h('button', { type: 'submit' }, 'Filter'));
   const status = h('p', { class: 'message', id: 'agents-status' });
   const list = h('div', { id: 'agents-list' });
-  const prev = h('button', { type: 'button' }, '← Previous');
-  const next = h('button', { type: 'button' }, 'Next →');
-  const range = h('span', { class: 'range' });
-  el.append(h('h2', null, 'Agents'), form, status, h('div', { class: 'pager' }, prev, range, next), list);
+  const { el: pages, prev, next, range } = pager();
+  el.append(h('h2', null, 'Agents'), form, status, pages, list);
 
   let offset = 0;
   let total = 0;

@@ -1,7 +1,7 @@
 // Audit: the hash-chained audit trail, newest first, with filters, keyset
 // paging, a live tail and server-side chain verification.
 import { get, SessionEnded } from './api.js';
-import { h, clear, message, time } from './dom.js';
+import { h, clear, message, time, textInputs, pager } from './dom.js';
 import { verifyChain } from './verify.js';
 
 const pageSize = 50;
@@ -9,9 +9,7 @@ const tailEvery = 2000;
 
 export function mount(el) {
   const f = {
-    event_type: h('input', { type: 'text', name: 'event_type', placeholder: 'event type' }),
-    agent_id: h('input', { type: 'text', name: 'agent_id', placeholder: 'agent ID' }),
-    task_id: h('input', { type: 'text', name: 'task_id', placeholder: 'task ID' }),
+    ...textInputs({ event_type: 'event type', agent_id: 'agent ID', task_id: 'task ID' }),
     outcome: h('select', { name: 'outcome' }, h('option', { value: '' }, 'any outcome'),
       h('option', { value: 'success' }, 'success'), h('option', { value: 'denied' }, 'denied')),
     since: h('input', { type: 'datetime-local', name: 'since', title: 'since (UTC)' }),
@@ -21,13 +19,11 @@ export function mount(el) {
   const tail = h('input', { type: 'checkbox', id: 'tail', checked: true });
   const status = h('p', { class: 'message', id: 'audit-status' });
   const chain = h('div', { id: 'chain' });
-  const newer = h('button', { type: 'button' }, '← Newer');
-  const older = h('button', { type: 'button' }, 'Older →');
-  const range = h('span', { class: 'range' });
+  const { el: pages, prev: newer, next: older, range } = pager('← Newer', 'Older →');
   const body = h('tbody', { id: 'audit-rows' });
   el.append(h('h2', null, 'Audit'), form,
     h('div', { class: 'toolbar' }, h('label', null, tail, ' live tail (every 2 s)'), ' ', chain),
-    status, h('div', { class: 'pager' }, newer, range, older),
+    status, pages,
     h('table', { class: 'audit' },
       h('thead', null, h('tr', null, ['ID', 'Time', 'Event', 'Agent', 'Task', 'Outcome', 'Resource', 'Detail'].map((t) => h('th', null, t)))),
       body));
@@ -37,6 +33,7 @@ export function mount(el) {
   let before = '';
   let newest = ''; // newest event ID shown, where the tail continues
   let shown = 0;
+  let total = 0; // matching events, as of the last load plus the tail
 
   async function load() {
     try {
@@ -46,7 +43,8 @@ export function mount(el) {
       shown = events.length;
       newest = events.length ? events[0].id : newest;
       if (!before && !events.length) newest = '';
-      range.textContent = `${page.total} event(s) match; showing ${events.length}`;
+      total = page.total;
+      range.textContent = `${total} event(s) match; showing ${events.length}`;
       newer.disabled = anchors.length === 0;
       older.disabled = events.length < pageSize;
       older.dataset.next = events.length ? events[events.length - 1].id : '';
@@ -74,6 +72,8 @@ export function mount(el) {
       shown += events.length;
       while (body.children.length > pageSize * 4) body.removeChild(body.lastChild);
       newest = events[events.length - 1].id;
+      total += events.length;
+      range.textContent = `${total} event(s) match; showing the newest ${body.children.length}`;
       message(status, `${events.length} new event(s) at ${new Date().toLocaleTimeString()}`);
     } catch (e) {
       if (!(e instanceof SessionEnded)) message(status, `Live tail failed: ${e.message}`, true);

@@ -57,3 +57,17 @@ export function message(el, text, err) {
   el.textContent = text || '';
   el.className = err ? 'message error' : 'message';
 }
+
+// textInputs makes one text input per name, keyed by it: {name: placeholder}.
+export function textInputs(fields) {
+  return Object.fromEntries(Object.entries(fields).map(([name, placeholder]) =>
+    [name, h('input', { type: 'text', name, placeholder })]));
+}
+
+// pager makes back and forward buttons around a range label.
+export function pager(back = '← Previous', forward = 'Next →') {
+  const prev = h('button', { type: 'button' }, back);
+  const next = h('button', { type: 'button' }, forward);
+  const range = h('span', { class: 'range' });
+  return { el: h('div', { class: 'pager' }, prev, range, next), prev, next, range };
+}

@@ -2,7 +2,7 @@
 // what the gateway saw used, never-used grants, the suggested narrower
 // grant, and the scopes asked for and denied.
 import { get, SessionEnded } from './api.js';
-import { h, clear, table, message, time } from './dom.js';
+import { h, clear, table, message, time, pager } from './dom.js';
 
 const pageSize = 20;
 
@@ -15,10 +15,8 @@ export function mount(el) {
     h('label', null, unused, ' only groups with never-used grants'), h('button', { type: 'submit' }, 'Show'));
   const status = h('p', { class: 'message', id: 'usage-status' });
   const list = h('div', { id: 'usage-list' });
-  const prev = h('button', { type: 'button' }, '← Previous');
-  const next = h('button', { type: 'button' }, 'Next →');
-  const range = h('span', { class: 'range' });
-  el.append(h('h2', null, 'Usage'), form, status, h('div', { class: 'pager' }, prev, range, next), list);
+  const { el: pages, prev, next, range } = pager();
+  el.append(h('h2', null, 'Usage'), form, status, pages, list);
   let offset = 0;
 
   async function load() {
