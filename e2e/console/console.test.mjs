@@ -86,6 +86,7 @@ test('a wrong secret is refused with a message', async () => {
 test('sign in shows the overview', async () => {
   await signIn();
   await page.waitForSelector('#overview-cards .card');
+  await page.click('#verify');
   await page.waitForSelector('#verify-result.ok');
   assert.match(await page.textContent('#overview-cards'), /Health\s*ok/);
   assert.ok(signedInToken, 'the sign-in answer carried a token');
@@ -126,6 +127,13 @@ test('usage shows the scope the agent used', async () => {
 test('revoking from the console names what dies, and the gateway refuses the agent', async () => {
   await view('agents');
   const row = page.locator(`tr[data-agent-id="${agent.agent_id}"]`);
+  // The task dialog counts the task's live agents; cancel changes nothing.
+  await row.locator('[data-action=revoke-task]').click();
+  await page.waitForSelector('#confirm[open]');
+  assert.match(await page.textContent('#confirm-text'), /^Revoke task task-e2e: 1 live agent\(s\)/);
+  await page.click('#confirm-cancel');
+  await page.waitForSelector('#confirm:not([open])', { state: 'attached' });
+  assert.equal((await gatewayGet('/orders/1', agent.access_token)).status, 200);
   await row.locator('[data-action=revoke-agent]').click();
   await page.waitForSelector('#confirm[open]');
   assert.match(await page.textContent('#confirm-text'), new RegExp(`^Revoke agent ${agent.agent_id.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: its 1 live token`));
