@@ -22,6 +22,8 @@ func init() {
 	httpcaddyfile.RegisterDirectiveOrder("agentwrit", httpcaddyfile.Before, "basic_auth")
 	httpcaddyfile.RegisterHandlerDirective("agentwrit_broker", parseBrokerHandler)
 	httpcaddyfile.RegisterDirectiveOrder("agentwrit_broker", httpcaddyfile.Before, "respond")
+	httpcaddyfile.RegisterHandlerDirective("agentwrit_console", parseConsole)
+	httpcaddyfile.RegisterDirectiveOrder("agentwrit_console", httpcaddyfile.Before, "respond") // so right after agentwrit_broker
 }
 
 var (
@@ -176,6 +178,32 @@ func (h *BrokerHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 func parseBrokerHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	m := new(BrokerHandler)
 	return m, m.UnmarshalCaddyfile(h.Dispenser)
+}
+
+// parseConsole sets up the operator console:
+//
+//	agentwrit_console [<remote broker URL>]
+//
+// Without an argument it talks to the embedded broker of the agentwrit
+// global option.
+func parseConsole(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	d := h.Dispenser
+	d.Next() // directive name
+	m := new(ConsoleHandler)
+	switch args := d.RemainingArgs(); len(args) {
+	case 0:
+	case 1:
+		m.Remote = args[0]
+		if _, err := parseRemote(m.Remote); err != nil {
+			return nil, d.Err(err.Error())
+		}
+	default:
+		return nil, d.ArgErr()
+	}
+	if d.NextBlock(0) {
+		return nil, d.Errf("agentwrit_console takes no block")
+	}
+	return m, nil
 }
 
 // UnmarshalCaddyfile sets up the handler:
