@@ -220,7 +220,10 @@ type AuditFilter struct {
 	// no bound): keyset paging that stays fast a million events deep.
 	AfterSeq, BeforeSeq int64
 	// NewestFirst reverses the order (chain order by default).
-	NewestFirst   bool
+	NewestFirst bool
+	// NoTotal skips counting the matches (the total returned is 0): a walk
+	// over the whole chain must not count the rest of it at every page.
+	NoTotal       bool
 	Offset, Limit int // Limit ≤ 0: no limit
 }
 
@@ -232,7 +235,7 @@ func VerifyAudit(ctx context.Context, db AuditDB) (AuditHead, error) {
 	head := AuditHead{Hash: GenesisHash}
 	const page = 1000
 	for {
-		evs, _, err := db.QueryAudit(ctx, AuditFilter{AfterSeq: head.Seq, Limit: page})
+		evs, _, err := db.QueryAudit(ctx, AuditFilter{AfterSeq: head.Seq, Limit: page, NoTotal: true})
 		if err != nil {
 			return head, err
 		}

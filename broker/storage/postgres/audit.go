@@ -84,9 +84,11 @@ func (d *DB) QueryAudit(ctx context.Context, f broker.AuditFilter) ([]broker.Eve
 	var total int
 	events := []broker.Event{}
 	b := &pgx.Batch{}
-	b.Queue(`SELECT count(*) FROM audit_events`+where, args...).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&total)
-	})
+	if !f.NoTotal {
+		b.Queue(`SELECT count(*) FROM audit_events`+where, args...).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&total)
+		})
+	}
 	b.Queue(`SELECT `+sqlq.AuditColumns+` FROM audit_events`+where+tail, all...).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var e broker.Event

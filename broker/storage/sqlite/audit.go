@@ -129,8 +129,10 @@ func (d *DB) AuditHead(ctx context.Context) (broker.AuditHead, error) {
 func (d *DB) QueryAudit(ctx context.Context, f broker.AuditFilter) ([]broker.Event, int, error) {
 	where, args, tail, all := sqlq.AuditQuery(f, sqlq.Question)
 	var total int
-	if err := d.db.QueryRowContext(ctx, `SELECT count(*) FROM audit_events`+where, args...).Scan(&total); err != nil {
-		return nil, 0, fmt.Errorf("query audit: %w", err)
+	if !f.NoTotal {
+		if err := d.db.QueryRowContext(ctx, `SELECT count(*) FROM audit_events`+where, args...).Scan(&total); err != nil {
+			return nil, 0, fmt.Errorf("query audit: %w", err)
+		}
 	}
 	rows, err := d.db.QueryContext(ctx, `SELECT `+sqlq.AuditColumns+` FROM audit_events`+where+tail, all...)
 	if err != nil {

@@ -153,6 +153,7 @@ func testAuditQuery(t *testing.T, h Harness) {
 		"newest first": {broker.AuditFilter{NewestFirst: true, Limit: 3}, []string{"9", "8", "7"}, 10},
 		"newest page":  {broker.AuditFilter{NewestFirst: true, BeforeSeq: 8, Limit: 2}, []string{"6", "5"}, 7},
 		"offset past":  {broker.AuditFilter{Offset: 50}, []string{}, 10},
+		"no total":     {broker.AuditFilter{AfterSeq: 8, NoTotal: true}, []string{"8", "9"}, 0},
 	} {
 		got, n := ids(c.f)
 		assert.Equal(t, c.want, got, name)
