@@ -29,7 +29,7 @@ func BenchmarkCacheMemory(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		v.client.Transport = validTransport{}
+		v.http.Transport = validTransport{}
 		exp := time.Now().Add(time.Hour).Unix()
 		push := func(i int) {
 			if _, err := v.Validate(context.Background(), shapedToken(i, exp)); err != nil {
@@ -84,7 +84,7 @@ func BenchmarkValidate(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		v.client.Transport = validTransport{}
+		v.http.Transport = validTransport{}
 		b.Cleanup(v.Close)
 		return v
 	}
@@ -132,10 +132,13 @@ func shapedToken(i int, exp int64) string {
 }
 
 // validTransport answers every validate call with valid:true and the
-// token's own payload, in memory.
+// token's own payload, in memory, as an upstream broker (no JWKS: 404).
 type validTransport struct{}
 
 func (validTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Path != validatePath {
+		return &http.Response{StatusCode: 404, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+	}
 	var req struct {
 		Token string `json:"token"`
 	}
