@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/brokertest"
 )
 
 // BenchmarkCacheMemory pushes 1,000,000 distinct tokens through the full
@@ -153,4 +155,40 @@ func (validTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	body := `{"valid":true,"claims":` + string(payload) + `}`
 	return &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {"application/json"}},
 		Body: io.NopCloser(strings.NewReader(body)), ContentLength: int64(len(body)), Request: r}, nil
+}
+
+// BenchmarkValidateLocal is a validation in local mode of a token seen
+// before (what a gateway pays per request: staleness check, verifier cache
+// hit, revocation check), beside the embedded broker's Verify of the same
+// token, which runs the same verifier code.
+//
+//	go test -run '^$' -bench BenchmarkValidateLocal -benchmem ./broker/remote/
+func BenchmarkValidateLocal(b *testing.B) {
+	ctx := context.Background()
+	fb := newFeedBroker(b, brokertest.Options{})
+	tok := fb.agent(b, "read:orders:42").Token
+	b.Run("local-hit", func(b *testing.B) {
+		v, _ := fb.validator(b, Options{MaxStaleness: time.Hour})
+		waitSynced(b, v)
+		if _, err := v.Validate(ctx, tok); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := v.Validate(ctx, tok); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("embedded-hit", func(b *testing.B) {
+		if _, err := fb.Broker.Verify(ctx, tok); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := fb.Broker.Verify(ctx, tok); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -406,7 +406,7 @@ func requireValid(t *testing.T, tok string, c *broker.Claims, err error, msg ...
 }
 
 // eventually polls cond every 50ms for up to d.
-func eventually(t *testing.T, d time.Duration, cond func() bool, msg string) time.Duration {
+func eventually(t testing.TB, d time.Duration, cond func() bool, msg string) time.Duration {
 	t.Helper()
 	start := time.Now()
 	for time.Since(start) < d {

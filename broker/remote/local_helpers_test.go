@@ -44,7 +44,7 @@ type feedBroker struct {
 
 // newFeedBroker starts a broker as o says and registers an app that may
 // read its feed.
-func newFeedBroker(t *testing.T, o brokertest.Options) *feedBroker {
+func newFeedBroker(t testing.TB, o brokertest.Options) *feedBroker {
 	t.Helper()
 	fb := &feedBroker{streams: map[*context.CancelFunc]struct{}{}}
 	fb.lastEventID.Store("")
@@ -58,7 +58,7 @@ func newFeedBroker(t *testing.T, o brokertest.Options) *feedBroker {
 // into the database: with a bcrypt hash of the cheapest cost, as
 // brokertest does for the admin secret, because the broker's own (cost
 // 12, for every login) is slow under the race detector.
-func (fb *feedBroker) newApp(t *testing.T, ttl int64) *broker.AppCredentials {
+func (fb *feedBroker) newApp(t testing.TB, ttl int64) *broker.AppCredentials {
 	t.Helper()
 	var rnd [8]byte
 	_, _ = rand.Read(rnd[:])
@@ -152,13 +152,13 @@ func (fb *feedBroker) options(o Options) Options {
 
 // validator is a local-mode Validator of this broker, closed when the
 // test ends.
-func (fb *feedBroker) validator(t *testing.T, o Options) (*Validator, *recorder) {
+func (fb *feedBroker) validator(t testing.TB, o Options) (*Validator, *recorder) {
 	t.Helper()
 	return newTestValidator(t, fb.options(o))
 }
 
 // agent registers an agent granted scopes and returns its client.
-func (fb *feedBroker) agent(t *testing.T, scopes ...string) *client.Agent {
+func (fb *feedBroker) agent(t testing.TB, scopes ...string) *client.Agent {
 	t.Helper()
 	return fb.Agent(t, scopes...)
 }
@@ -171,7 +171,7 @@ func (fb *feedBroker) revoke(t *testing.T, level, target string) {
 }
 
 // waitSynced waits for v's first heartbeat.
-func waitSynced(t *testing.T, v *Validator) {
+func waitSynced(t testing.TB, v *Validator) {
 	t.Helper()
 	eventually(t, 30*time.Second, func() bool { return v.local.ready() == nil }, "feed synchronized")
 }
