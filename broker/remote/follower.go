@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -68,9 +69,10 @@ type follower struct {
 	index       *broker.RevocationIndex
 	now         func() time.Time
 
-	beat    atomic.Int64 // Unix nanoseconds of the last heartbeat, 0 before the first
-	noFeed  atomic.Bool  // the broker answered 404 where the feed, its keys or app login should be
-	keysNow chan struct{}
+	beat        atomic.Int64 // Unix nanoseconds of the last heartbeat, 0 before the first
+	noFeed      atomic.Bool  // the broker answered 404 where the feed, its keys or app login should be
+	keysFailing atomic.Bool  // the last refresh of a held key set failed
+	keysNow     chan struct{}
 
 	mu      sync.Mutex
 	holders []*Validator // newest last: whose logger and observer are used
@@ -215,7 +217,7 @@ func (f *follower) run(ctx context.Context) {
 			return
 		}
 		delay = nextDelay(delay, synced, err)
-		f.report(err, delay)
+		f.report(err, synced, delay)
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -298,7 +300,7 @@ func (f *follower) synced() {
 	f.problem = ""
 	f.mu.Unlock()
 	if was != "" {
-		f.logger().Info("revocation feed synchronized", "broker", f.id.url, "after", was)
+		f.logger().Info("revocation feed synchronized", "broker", f.id.url, "recovered_from", was)
 	}
 }
 
@@ -358,18 +360,31 @@ func (f *follower) keysLoop(ctx context.Context) {
 	}
 }
 
-// keysFetched observes and, on failure, logs a fetch of the key set.
+// keysFetched observes a fetch of the key set, and logs when refreshing
+// a held set starts failing or recovers. (A session that cannot fetch its
+// first set reports that itself.)
 func (f *follower) keysFetched(err error) {
 	f.health().KeysRefreshed(err == nil)
-	if err != nil && !errors.Is(err, context.Canceled) {
-		f.logger().Warn("fetching the broker's key set failed; the keys last fetched stay in use", "broker", f.id.url, "error", err)
+	if f.keys.verifier.Load() == nil || errors.Is(err, context.Canceled) {
+		return
+	}
+	switch was := f.keysFailing.Swap(err != nil); {
+	case err != nil && !was:
+		f.logger().Warn("refreshing the broker's key set failed; the keys last fetched stay in use", "broker", f.id.url, "error", err)
+	case err == nil && was:
+		f.logger().Info("the broker's key set is fetched again", "broker", f.id.url)
 	}
 }
 
 // report logs why a session ended: a new problem at Warn (Error for one
-// that only configuration fixes), a repeated one at Debug.
-func (f *follower) report(err error, retry time.Duration) {
+// that only configuration fixes), a repeated one at Debug. A synchronized
+// stream the broker closed (its configuration reloads) is only noted.
+func (f *follower) report(err error, synced bool, retry time.Duration) {
 	if errors.Is(err, errRenewal) {
+		return
+	}
+	if synced && errors.Is(err, io.EOF) {
+		f.logger().Info("the broker ended the revocation feed stream; reconnecting", "broker", f.id.url)
 		return
 	}
 	msg, level := "revocation feed disconnected; tokens are accepted until the staleness bound, then refused", slog.LevelWarn
@@ -380,6 +395,8 @@ func (f *follower) report(err error, retry time.Duration) {
 		msg, level = "verify local: the broker refused the app's client_id and client_secret", slog.LevelError
 	case client.IsStatus(err, http.StatusForbidden):
 		msg, level = "verify local: the app may not read the revocation feed; its scope ceiling must include "+broker.FeedScope, slog.LevelError
+	case f.beat.Load() == 0:
+		msg = "revocation feed not synchronized yet; tokens are refused (503) until it is"
 	}
 	f.mu.Lock()
 	repeated := f.problem == msg

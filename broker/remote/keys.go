@@ -99,7 +99,7 @@ func (k *keyring) refresh(ctx context.Context) error {
 		k.mu.Unlock()
 		k.onFetch(err)
 		if err != nil {
-			return nil, fmt.Errorf("jwks: %w", err)
+			return nil, err
 		}
 		old := k.set.Swap(snap)
 		if old == nil || removed(old, snap) {

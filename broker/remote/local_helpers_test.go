@@ -54,19 +54,22 @@ func newFeedBroker(t testing.TB, o brokertest.Options) *feedBroker {
 	return fb
 }
 
-// newApp registers an app whose ceiling holds broker.FeedScope, straight
-// into the database: with a bcrypt hash of the cheapest cost, as
-// brokertest does for the admin secret, because the broker's own (cost
-// 12, for every login) is slow under the race detector.
-func (fb *feedBroker) newApp(t testing.TB, ttl int64) *broker.AppCredentials {
+// newApp registers an app whose ceiling holds scopes (by default
+// broker.FeedScope), straight into the database: with a bcrypt hash of the
+// cheapest cost, as brokertest does for the admin secret, because the
+// broker's own (cost 12, for every login) is slow under the race detector.
+func (fb *feedBroker) newApp(t testing.TB, ttl int64, scopes ...string) *broker.AppCredentials {
 	t.Helper()
 	var rnd [8]byte
 	_, _ = rand.Read(rnd[:])
 	id, secret := hex.EncodeToString(rnd[:4]), hex.EncodeToString(rnd[4:])+"-secret"
 	hash, err := bcrypt.GenerateFromPassword([]byte(secret), bcrypt.MinCost)
 	require.NoError(t, err)
+	if len(scopes) == 0 {
+		scopes = []string{broker.FeedScope}
+	}
 	now := broker.WholeSeconds(time.Now())
-	app := &broker.App{AppID: "app-gw-" + id, Name: "gw-" + id, ClientID: "gw-" + id, Scopes: []string{broker.FeedScope},
+	app := &broker.App{AppID: "app-gw-" + id, Name: "gw-" + id, ClientID: "gw-" + id, Scopes: scopes,
 		TokenTTL: ttl, Status: broker.AppActive, CreatedAt: now, UpdatedAt: now, SecretHash: string(hash), CreatedBy: "test"}
 	require.NoError(t, fb.Store.Database().InsertApp(context.Background(), app))
 	return &broker.AppCredentials{AppID: app.AppID, ClientID: app.ClientID, ClientSecret: secret, Scopes: app.Scopes, TokenTTL: ttl}

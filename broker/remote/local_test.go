@@ -218,6 +218,33 @@ func TestLocalNoFeed(t *testing.T) {
 	require.NotContains(t, logs.String(), "upstream-secret")
 }
 
+// TestLocalMisconfigured: credentials the broker refuses, or an app whose
+// ceiling lacks the feed's scope, are logged as what to fix, and nothing
+// is allowed.
+func TestLocalMisconfigured(t *testing.T) {
+	ctx := context.Background()
+	fb := newFeedBroker(t, brokertest.Options{})
+	a := fb.agent(t, "read:orders:42")
+	noFeedScope := fb.newApp(t, 1800, "read:orders:*")
+	for _, c := range []struct {
+		want           string
+		clientID, secr string
+	}{
+		{"the broker refused the app's client_id and client_secret", fb.app.ClientID, "not-the-secret"},
+		{"its scope ceiling must include read:revocations:*", noFeedScope.ClientID, noFeedScope.ClientSecret},
+	} {
+		var logs syncLog
+		o := fb.options(Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		o.ClientID, o.ClientSecret = c.clientID, c.secr
+		v, _ := newTestValidator(t, o)
+		eventually(t, 10*time.Second, func() bool { return strings.Contains(logs.String(), c.want) }, c.want)
+		require.Contains(t, logs.String(), "level=ERROR")
+		require.NotContains(t, logs.String(), c.secr, "the secret is never logged")
+		cl, err := v.Validate(ctx, a.Token)
+		requireUnavailable(t, cl, err)
+	}
+}
+
 // TestLocalFallback: with Fallback, a stale feed sends validations to the
 // broker (cached, as validate mode) instead of refusing them.
 func TestLocalFallback(t *testing.T) {
