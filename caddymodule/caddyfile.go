@@ -277,13 +277,19 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //
 //	broker embedded
 //	broker <url> [{
+//		verify             validate|local  # default validate
 //		cache_ttl          <duration>   # 0: no caching
 //		cache_size         <entries>
 //		negative_cache_ttl <duration>   # 0: no negative caching
 //		timeout            <duration>
 //		stale_if_error     <duration>
+//		client_call_rate   <per second>|off
 //		tls_ca             <pem file>
 //		tls_client_cert    <cert pem file> <key pem file>
+//		client_id          <app client ID>  # verify local only, required
+//		client_secret      <app secret>     # verify local only, required
+//		max_staleness      <duration>       # verify local only, > 2s
+//		fallback           validate|off     # verify local only
 //	}]
 //
 // It returns nil for embedded.
@@ -368,11 +374,17 @@ func parseBrokerOption(d *caddyfile.Dispenser) (*RemoteBroker, error) {
 			}
 			rb.TLSClientCert = &RemoteClientCert{Cert: args[0], Key: args[1]}
 		default:
-			return nil, d.Errf("unrecognized broker option %q", opt)
+			var known bool
+			if known, err = rb.unmarshalVerifyOption(d, opt); !known {
+				return nil, d.Errf("unrecognized broker option %q", opt)
+			}
 		}
 		if err != nil {
 			return nil, err
 		}
+	}
+	if err := rb.checkVerifyOptions(d); err != nil {
+		return nil, err
 	}
 	return rb, nil
 }

@@ -129,7 +129,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	var v validator
 	if h.Broker == nil {
 		v = embedded{app}
-	} else if h.remote, err = h.Broker.newValidator(col.remote, ctx.Slogger()); err != nil {
+	} else if h.remote, err = h.Broker.newValidator(col.remote, ctx.Slogger(), ctx.GetMetricsRegistry()); err != nil {
 		col.release()
 		return fmt.Errorf("agentwrit: %w", err)
 	} else {

@@ -205,7 +205,8 @@ func TokenJTI(t testing.TB, tok string) string {
 // FakeBroker is a /v1/token/validate endpoint the test controls. By
 // default it confirms any token, answering with the token's own payload
 // as claims (it checks no signature: only for tests that must control the
-// broker's behaviour).
+// broker's behaviour). Otherwise it is like the upstream broker: app
+// logins succeed, and there is no JWKS and no revocation feed (404).
 type FakeBroker struct {
 	Server *httptest.Server
 	calls  atomic.Int64
@@ -218,6 +219,10 @@ type FakeBroker struct {
 func NewFakeBroker(t testing.TB) *FakeBroker {
 	f := &FakeBroker{stop: make(chan struct{}), answer: FakeValid}
 	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/token/validate" {
+			upstreamRoute(w, r)
+			return
+		}
 		f.calls.Add(1)
 		var req struct {
 			Token string `json:"token"`
@@ -240,7 +245,19 @@ func NewFakeBroker(t testing.TB) *FakeBroker {
 	return f
 }
 
-// Calls is the number of requests the fake broker received.
+// upstreamRoute answers what the fake broker serves besides validation:
+// an app login, as upstream does, and 404 for this project's JWKS and
+// revocation feed.
+func upstreamRoute(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost && r.URL.Path == "/v1/app/auth" {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"access_token":"fake-app-token","expires_in":1800,"token_type":"Bearer","scopes":["read:revocations:*"]}`)
+		return
+	}
+	FakeStatus(http.StatusNotFound)(w, r, nil)
+}
+
+// Calls is the number of validate calls the fake broker received.
 func (f *FakeBroker) Calls() int64 { return f.calls.Load() }
 
 // Set changes how the fake broker answers.

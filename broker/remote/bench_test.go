@@ -11,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/brokertest"
 )
 
 // BenchmarkCacheMemory pushes 1,000,000 distinct tokens through the full
@@ -29,7 +32,7 @@ func BenchmarkCacheMemory(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		v.client.Transport = validTransport{}
+		v.http.Transport = validTransport{}
 		exp := time.Now().Add(time.Hour).Unix()
 		push := func(i int) {
 			if _, err := v.Validate(context.Background(), shapedToken(i, exp)); err != nil {
@@ -84,21 +87,13 @@ func BenchmarkValidate(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		v.client.Transport = validTransport{}
+		v.http.Transport = validTransport{}
 		b.Cleanup(v.Close)
 		return v
 	}
 	b.Run("hit", func(b *testing.B) {
 		v, tok := newValidator(b), shapedToken(0, exp)
-		if _, err := v.Validate(ctx, tok); err != nil {
-			b.Fatal(err)
-		}
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := v.Validate(ctx, tok); err != nil {
-				b.Fatal(err)
-			}
-		}
+		benchHit(b, func() (*broker.Claims, error) { return v.Validate(ctx, tok) })
 	})
 	b.Run("miss", func(b *testing.B) {
 		v := newValidator(b)
@@ -132,10 +127,13 @@ func shapedToken(i int, exp int64) string {
 }
 
 // validTransport answers every validate call with valid:true and the
-// token's own payload, in memory.
+// token's own payload, in memory, as an upstream broker (no JWKS: 404).
 type validTransport struct{}
 
 func (validTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Path != validatePath {
+		return &http.Response{StatusCode: 404, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+	}
 	var req struct {
 		Token string `json:"token"`
 	}
@@ -150,4 +148,37 @@ func (validTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	body := `{"valid":true,"claims":` + string(payload) + `}`
 	return &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {"application/json"}},
 		Body: io.NopCloser(strings.NewReader(body)), ContentLength: int64(len(body)), Request: r}, nil
+}
+
+// BenchmarkValidateLocal is a validation in local mode of a token seen
+// before (what a gateway pays per request: staleness check, verifier cache
+// hit, revocation check), beside the embedded broker's Verify of the same
+// token, which runs the same verifier code.
+//
+//	go test -run '^$' -bench BenchmarkValidateLocal -benchmem ./broker/remote/
+func BenchmarkValidateLocal(b *testing.B) {
+	ctx := context.Background()
+	fb := newFeedBroker(b, brokertest.Options{})
+	tok := fb.agent(b, "read:orders:42").Token
+	b.Run("local-hit", func(b *testing.B) {
+		v, _ := fb.validator(b, Options{MaxStaleness: time.Hour})
+		waitSynced(b, v)
+		benchHit(b, func() (*broker.Claims, error) { return v.Validate(ctx, tok) })
+	})
+	b.Run("embedded-hit", func(b *testing.B) {
+		benchHit(b, func() (*broker.Claims, error) { return fb.Broker.Verify(ctx, tok) })
+	})
+}
+
+// benchHit measures validate once it has seen its token.
+func benchHit(b *testing.B, validate func() (*broker.Claims, error)) {
+	if _, err := validate(); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := validate(); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -207,27 +207,43 @@ func tokenJTI(t testing.TB, tok string) string {
 	return lc.Jti
 }
 
-// fakeBroker is a /v1/token/validate endpoint the test controls. By
-// default it confirms any token, answering with the token's own payload
-// as claims (it checks no signature: only for tests that must control the
-// broker's behaviour).
+// fakeBroker is an upstream-like broker the test controls: a
+// /v1/token/validate endpoint that by default confirms any token,
+// answering with the token's own payload as claims (it checks no
+// signature: only for tests that must control the broker's behaviour),
+// an app login that accepts anything, and 404 for everything else (no
+// JWKS, no revocation feed), as the upstream broker answers.
 type fakeBroker struct {
-	Server *httptest.Server
-	calls  atomic.Int64
-	mu     sync.Mutex
-	answer func(w http.ResponseWriter, r *http.Request, payload []byte)
-	stop   chan struct{}
+	Server    *httptest.Server
+	calls     atomic.Int64 // validate calls
+	jwksCalls atomic.Int64
+	mu        sync.Mutex
+	answer    func(w http.ResponseWriter, r *http.Request, payload []byte)
+	stop      chan struct{}
 }
 
 // newFakeBroker starts a fake broker answering valid:true.
 func newFakeBroker(t testing.TB) *fakeBroker {
 	f := &fakeBroker{stop: make(chan struct{}), answer: fakeValid}
 	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/.well-known/jwks.json":
+			f.jwksCalls.Add(1)
+			fakeStatus(http.StatusNotFound)(w, r, nil)
+			return
+		case r.Method == http.MethodPost && r.URL.Path == "/v1/app/auth":
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"access_token":"upstream-app-token","expires_in":1800,"token_type":"Bearer","scopes":["read:revocations:*"]}`))
+			return
+		case r.URL.Path != validatePath:
+			fakeStatus(http.StatusNotFound)(w, r, nil)
+			return
+		}
 		f.calls.Add(1)
 		var req struct {
 			Token string `json:"token"`
 		}
-		if r.Method != http.MethodPost || r.URL.Path != validatePath || json.NewDecoder(r.Body).Decode(&req) != nil {
+		if r.Method != http.MethodPost || json.NewDecoder(r.Body).Decode(&req) != nil {
 			http.Error(w, "bad request to fake broker", http.StatusBadRequest)
 			return
 		}
@@ -245,7 +261,7 @@ func newFakeBroker(t testing.TB) *fakeBroker {
 	return f
 }
 
-// Calls is the number of requests the fake broker received.
+// Calls is the number of validate calls the fake broker received.
 func (f *fakeBroker) Calls() int64 { return f.calls.Load() }
 
 // Set changes how the fake broker answers.
@@ -269,6 +285,17 @@ func fakeValid(w http.ResponseWriter, _ *http.Request, payload []byte) {
 	_, _ = w.Write([]byte(`{"valid":true,"claims":` + string(payload) + `}`))
 }
 
+// fakeEdited confirms the token with its own payload changed by change.
+func fakeEdited(change func(m map[string]any)) func(http.ResponseWriter, *http.Request, []byte) {
+	return func(w http.ResponseWriter, r *http.Request, p []byte) {
+		var m map[string]any
+		_ = json.Unmarshal(p, &m)
+		change(m)
+		out, _ := json.Marshal(m)
+		fakeValid(w, r, out)
+	}
+}
+
 // fakeBody answers 200 with the given body.
 func fakeBody(body string) func(http.ResponseWriter, *http.Request, []byte) {
 	return func(w http.ResponseWriter, _ *http.Request, _ []byte) {
@@ -284,6 +311,14 @@ func fakeStatus(code int) func(http.ResponseWriter, *http.Request, []byte) {
 		w.WriteHeader(code)
 		_, _ = w.Write([]byte(`{"type":"urn:agentwrit:error:internal_error","status":500}`))
 	}
+}
+
+// forge flips a bit of tok's signature.
+func forge(tok string) string {
+	i := strings.LastIndexByte(tok, '.')
+	sig, _ := base64.RawURLEncoding.DecodeString(tok[i+1:])
+	sig[0] ^= 1
+	return tok[:i+1] + base64.RawURLEncoding.EncodeToString(sig)
 }
 
 // fakeToken is a well-formed EdDSA JWT (signed by a throwaway key) with
@@ -304,10 +339,26 @@ func fakeToken(t testing.TB, exp time.Time, scope ...string) string {
 	return signing + "." + base64.RawURLEncoding.EncodeToString(ed25519.Sign(priv, []byte(signing)))
 }
 
-// recorder is an Observer that counts events.
+// recorder is an Observer (and HealthObserver) that counts events.
 type recorder struct {
 	hits, misses, evictions, staleHits atomic.Int64
 	calls                              [NumOutcomes]atomic.Int64
+	connected, disconnected, stale     atomic.Int64
+	keysOK, keysFailed                 atomic.Int64
+	breakerOpened, clientLimited       atomic.Int64
+}
+
+func (r *recorder) FeedConnected()    { r.connected.Add(1) }
+func (r *recorder) FeedDisconnected() { r.disconnected.Add(1) }
+func (r *recorder) FeedStale()        { r.stale.Add(1) }
+func (r *recorder) BreakerOpened()    { r.breakerOpened.Add(1) }
+func (r *recorder) ClientLimited()    { r.clientLimited.Add(1) }
+func (r *recorder) KeysRefreshed(ok bool) {
+	if ok {
+		r.keysOK.Add(1)
+	} else {
+		r.keysFailed.Add(1)
+	}
 }
 
 func (r *recorder) CacheHit()                       { r.hits.Add(1) }
@@ -355,7 +406,7 @@ func requireValid(t *testing.T, tok string, c *broker.Claims, err error, msg ...
 }
 
 // eventually polls cond every 50ms for up to d.
-func eventually(t *testing.T, d time.Duration, cond func() bool, msg string) time.Duration {
+func eventually(t testing.TB, d time.Duration, cond func() bool, msg string) time.Duration {
 	t.Helper()
 	start := time.Now()
 	for time.Since(start) < d {

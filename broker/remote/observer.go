@@ -65,3 +65,35 @@ func (nopObserver) CacheMiss()                  {}
 func (nopObserver) CacheEviction()              {}
 func (nopObserver) StaleHit()                   {}
 func (nopObserver) Call(Outcome, time.Duration) {}
+
+// HealthObserver is what an Observer may also implement to receive the
+// events of the Validator's link to the broker: the revocation feed and
+// key set of local mode, the circuit breaker and the per-client bound of
+// calls. It is a separate interface so that an Observer written before it
+// keeps compiling; a Validator checks for it once, in New. The same rules
+// apply: cheap, and safe for concurrent use.
+type HealthObserver interface {
+	// FeedConnected: a feed stream delivered its first heartbeat.
+	FeedConnected()
+	// FeedDisconnected: a stream that had delivered a heartbeat ended.
+	FeedDisconnected()
+	// FeedStale: the feed has been silent past MaxStaleness; tokens are
+	// refused (or validated through the broker with Fallback) until a
+	// heartbeat arrives. Counted once per silence.
+	FeedStale()
+	// KeysRefreshed: a fetch of the broker's JWKS succeeded or failed.
+	KeysRefreshed(ok bool)
+	// BreakerOpened: calls to the broker are suspended after repeated
+	// failures (5xx, 429, timeouts, no connection).
+	BreakerOpened()
+	// ClientLimited: a call for an uncached token was refused because its
+	// client had reached its bound.
+	ClientLimited()
+}
+
+func (nopObserver) FeedConnected()     {}
+func (nopObserver) FeedDisconnected()  {}
+func (nopObserver) FeedStale()         {}
+func (nopObserver) KeysRefreshed(bool) {}
+func (nopObserver) BreakerOpened()     {}
+func (nopObserver) ClientLimited()     {}

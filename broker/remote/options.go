@@ -1,14 +1,18 @@
 package remote
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
 )
 
 // Defaults for Options. New applies DefaultTimeout and DefaultCacheSize
@@ -28,18 +32,69 @@ const (
 	DefaultNegativeCacheTTL = 5 * time.Second
 	// DefaultTimeout bounds one call to the broker, connect to last byte.
 	DefaultTimeout = 2 * time.Second
+	// DefaultMaxStaleness is how long local mode keeps accepting tokens
+	// after the feed's last heartbeat. The broker sends one every
+	// broker.FeedHeartbeat (2s), and a stream that is replaced (the
+	// broker's configuration reloads, the app token is renewed) delivers
+	// its first heartbeat 2s after it opens: 5s rides out one such
+	// replacement without refusing anything, and bounds how long a
+	// revocation can go unseen when the feed silently breaks.
+	DefaultMaxStaleness = 5 * time.Second
+	// DefaultClientCallRate is how many calls for uncached tokens one
+	// client may cause per second, with bursts of twice as many: room for
+	// an orchestrator re-validating a thousand agents' tokens every
+	// CacheTTL, but a flood of junk from one address costs the broker at
+	// most this.
+	DefaultClientCallRate = 50
 )
 
-// MaxConns bounds the connections a Validator opens to its broker.
+// MaxConns bounds the connections a Validator opens to its broker for
+// validate calls, and so the calls in flight at once.
 const MaxConns = 64
+
+// MaxCallsPerClient bounds the calls in flight for one client, so that no
+// client can hold more than an eighth of MaxConns.
+const MaxCallsPerClient = MaxConns / 8
+
+// KeysRefresh is how often local mode fetches the broker's JWKS even when
+// nothing announced a change, so that retired keys drop out.
+const KeysRefresh = time.Minute
+
+// Mode is how a Validator checks a token.
+type Mode uint8
+
+// The modes.
+const (
+	// ModeValidate asks the broker (POST /v1/token/validate) about every
+	// token it holds no fresh cached answer for: what an upstream
+	// AgentWrit broker supports. The default.
+	ModeValidate Mode = iota
+	// ModeLocal verifies tokens with the broker's published keys
+	// (/.well-known/jwks.json) and checks them against a copy of its
+	// revocations kept current by its revocation feed (GET
+	// /v1/revocations): nothing is asked on the request path. It needs
+	// this project's broker and an app's credentials whose scope ceiling
+	// holds broker.FeedScope.
+	ModeLocal
+)
+
+// String returns "validate" or "local".
+func (m Mode) String() string {
+	if m == ModeLocal {
+		return "local"
+	}
+	return "validate"
+}
 
 // validatePath is appended to the broker URL's path.
 const validatePath = "/v1/token/validate"
 
-// Options configure a Validator. Every field but URL may be left zero:
-// that means DefaultCacheSize and DefaultTimeout for CacheSize and
-// Timeout, but "off" for CacheTTL, NegativeCacheTTL and StaleIfError (a
-// caller that wants DefaultCacheTTL sets it).
+// Options configure a Validator. Every field but URL (and, in local mode,
+// the app's credentials) may be left zero: that means DefaultCacheSize,
+// DefaultTimeout, DefaultMaxStaleness and DefaultClientCallRate for
+// CacheSize, Timeout, MaxStaleness and ClientCallRate, but "off" for
+// CacheTTL, NegativeCacheTTL and StaleIfError (a caller that wants
+// DefaultCacheTTL sets it).
 type Options struct {
 	// URL is the broker's base URL: http or https, with a host, without
 	// user info, query or fragment. A path prefix is kept:
@@ -75,11 +130,43 @@ type Options struct {
 	// a note when they recover (transitions, not every failure). nil logs
 	// nothing.
 	Logger *slog.Logger
-	// Observer counts cache and call events; nil counts nothing.
+	// Observer counts cache and call events, and, if it implements
+	// HealthObserver, the events of the link to the broker; nil counts
+	// nothing.
 	Observer Observer
 	// Now is the clock for token expiry and cache deadlines; nil is
 	// time.Now.
 	Now func() time.Time
+
+	// Mode is ModeValidate (the zero value) or ModeLocal.
+	Mode Mode
+	// ClientID and ClientSecret are the credentials of the app whose
+	// token reads the revocation feed (ModeLocal only, where they are
+	// required). The secret is never logged nor put in an error.
+	ClientID, ClientSecret string
+	// MaxStaleness is, in ModeLocal, how long after the feed's last
+	// heartbeat tokens are still accepted; past it Validate fails with
+	// ErrUnavailable (or, with Fallback, asks the broker). It must exceed
+	// broker.FeedHeartbeat; 0 means DefaultMaxStaleness.
+	MaxStaleness time.Duration
+	// Fallback makes ModeLocal validate through the broker, as ModeValidate
+	// does (with its cache and bounds), while the feed is stale or not yet
+	// synchronized, instead of failing with ErrUnavailable. A broker
+	// without a feed is never fallen back on: that is a configuration to
+	// fix.
+	Fallback bool
+	// ClientCallRate bounds the calls for uncached tokens that one client
+	// (see ClientIP) may cause: this many per second, in bursts of twice
+	// as many, and at most MaxCallsPerClient at a time. 0 means
+	// DefaultClientCallRate; a negative value turns the per-client bound
+	// off (behind a proxy that hides client addresses, every request would
+	// be one client).
+	ClientCallRate int
+	// ClientIP returns the address of the client a validation is made
+	// for, from its context: the per-client bound's key. nil reads what
+	// WithClientIP stored. It is called only when a call may be needed. A
+	// validation without an address is not bounded per client.
+	ClientIP func(ctx context.Context) string
 }
 
 // check validates o and returns the validate endpoint's URL. It does not
@@ -106,7 +193,47 @@ func (o *Options) check() (string, error) {
 	if o.TLS != nil && !strings.HasPrefix(endpoint, "https:") {
 		return "", fmt.Errorf("broker url %q: TLS settings need an https URL", o.URL)
 	}
+	if err := o.checkMode(); err != nil {
+		return "", err
+	}
 	return endpoint, nil
+}
+
+// checkMode checks the options that belong to one mode.
+func (o *Options) checkMode() error {
+	switch o.Mode {
+	case ModeValidate:
+		if o.ClientID != "" || o.ClientSecret != "" || o.MaxStaleness != 0 || o.Fallback {
+			return errors.New("ClientID, ClientSecret, MaxStaleness and Fallback apply only to local mode")
+		}
+	case ModeLocal:
+		switch {
+		case o.ClientID == "" || o.ClientSecret == "":
+			return fmt.Errorf("local mode needs an app's ClientID and ClientSecret (its scope ceiling must hold %s)", broker.FeedScope)
+		case o.MaxStaleness < 0:
+			return fmt.Errorf("MaxStaleness must not be negative (got %s)", o.MaxStaleness)
+		case o.MaxStaleness != 0 && o.MaxStaleness <= broker.FeedHeartbeat:
+			return fmt.Errorf("MaxStaleness must exceed the feed's heartbeat interval, %s (got %s)", broker.FeedHeartbeat, o.MaxStaleness)
+		}
+	default:
+		return fmt.Errorf("unknown Mode %d", o.Mode)
+	}
+	return nil
+}
+
+// plainRemote reports whether the validate URL is plain http to a host
+// that is not this machine: answers that cross a network unauthenticated.
+func plainRemote(endpoint string) bool {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Scheme != "http" {
+		return false
+	}
+	host := u.Hostname()
+	if strings.EqualFold(host, "localhost") {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return err != nil || !ip.IsLoopback()
 }
 
 // endpointOf checks the broker's base URL and returns its validate URL.
@@ -132,6 +259,8 @@ func endpointOf(raw string) (string, error) {
 		return "", fmt.Errorf("broker url %q: must not have a query", raw)
 	case u.Fragment != "":
 		return "", fmt.Errorf("broker url %q: must not have a fragment", raw)
+	case strings.HasSuffix(strings.TrimSuffix(u.Path, "/"), "/v1"):
+		return "", fmt.Errorf("broker url %q: must not end in /v1 (give the base URL the API is served under)", raw)
 	}
 	if p := u.Port(); p != "" {
 		if _, err := net.LookupPort("tcp", p); err != nil {

@@ -2,7 +2,9 @@ package remote
 
 import (
 	"crypto/tls"
+	"log/slog"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,7 +21,7 @@ func TestOptions(t *testing.T) {
 	require.Equal(t, DefaultNegativeCacheTTL, v.cache.negativeTTL)
 	require.NotNil(t, v.cache.negative)
 	require.Zero(t, v.cache.staleIfError)
-	require.Nil(t, v.client.Transport.(*http.Transport).TLSClientConfig)
+	require.Nil(t, v.http.Transport.(*http.Transport).TLSClientConfig)
 
 	v, err = New(Options{URL: "http://10.0.0.5:8080", CacheTTL: 0, NegativeCacheTTL: time.Second, CacheSize: 7})
 	require.NoError(t, err)
@@ -38,7 +40,7 @@ func TestOptions(t *testing.T) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pki.ServerTLS.ClientCAs}
 	v, err = New(Options{URL: "https://127.0.0.1", TLS: tc})
 	require.NoError(t, err)
-	got := v.client.Transport.(*http.Transport).TLSClientConfig
+	got := v.http.Transport.(*http.Transport).TLSClientConfig
 	require.NotNil(t, got.RootCAs)
 	require.NotSame(t, tc, got, "the TLS config is cloned")
 
@@ -63,8 +65,35 @@ func TestOptions(t *testing.T) {
 		{Options{URL: "http://b", StaleIfError: -1}, "StaleIfError must not be negative"},
 		{Options{URL: "http://b", CacheSize: -1}, "CacheSize must not be negative"},
 		{Options{URL: "http://b", TLS: tc}, "need an https URL"},
+		{Options{URL: "http://b/aw/v1"}, "must not end in /v1"},
+		{Options{URL: "http://b", ClientID: "id"}, "apply only to local mode"},
+		{Options{URL: "http://b", Fallback: true}, "apply only to local mode"},
+		{Options{URL: "http://b", MaxStaleness: time.Minute}, "apply only to local mode"},
+		{Options{URL: "http://b", Mode: ModeLocal, ClientID: "id"}, "needs an app's ClientID and ClientSecret"},
+		{Options{URL: "http://b", Mode: ModeLocal, ClientSecret: "s3cr3t-value"}, "needs an app's ClientID and ClientSecret"},
+		{Options{URL: "http://b", Mode: ModeLocal, ClientID: "id", ClientSecret: "s3cr3t-value", MaxStaleness: -1}, "MaxStaleness must not be negative"},
+		{Options{URL: "http://b", Mode: ModeLocal, ClientID: "id", ClientSecret: "s3cr3t-value", MaxStaleness: 2 * time.Second}, "must exceed the feed's heartbeat interval"},
+		{Options{URL: "http://b", Mode: 7}, "unknown Mode"},
 	} {
 		_, err := New(c.o)
 		require.ErrorContains(t, err, c.want, "%+v", c.o)
+		if c.o.ClientSecret != "" {
+			require.NotContains(t, err.Error(), c.o.ClientSecret, "no secret in an error")
+		}
+	}
+}
+
+// TestPlainHTTPWarning: a plain http URL to another host is worth a
+// warning at load; loopback is not.
+func TestPlainHTTPWarning(t *testing.T) {
+	for url, warn := range map[string]bool{
+		"http://broker.internal:8080": true, "http://10.0.0.5": true, "http://[2001:db8::1]": true,
+		"http://127.0.0.1:8080": false, "http://localhost": false, "http://[::1]:9": false, "https://broker.internal": false,
+	} {
+		var logs strings.Builder
+		v, err := New(Options{URL: url, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		require.NoError(t, err)
+		v.Close()
+		require.Equal(t, warn, strings.Contains(logs.String(), "plain http"), "%s: %s", url, logs.String())
 	}
 }
