@@ -100,11 +100,18 @@ func (b *Broker) handleFeed(w http.ResponseWriter, r *http.Request) {
 	defer heartbeat.Stop()
 	recheck := time.Now().Add(feedRecheck)
 	expires := time.Unix(c.Exp, 0)
-	for {
+	for backlog := true; ; backlog = false {
 		changed, keys := b.store.changes.wait(), b.store.keysChanged.wait()
 		var err error
 		if last, err = b.sendRevocations(ctx, w, last); err != nil {
 			return // the client is gone, or the database is: either way the client resumes
+		}
+		// A heartbeat right after the backlog tells a new client it is in
+		// sync now, instead of a heartbeat interval later.
+		if backlog && b.store.fresh() == nil {
+			if err := writeEvent(w, "heartbeat", "", FeedHeartbeatData{Time: formatTime(b.now()), Seq: last}); err != nil {
+				return
+			}
 		}
 		if err := rc.Flush(); err != nil {
 			return

@@ -139,6 +139,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.Cleanup()
 		return err
 	}
+	if h.remote != nil && !h.usageOff {
+		h.usage = h.Broker.usageRecorder(h.remote, ctx.Slogger())
+	}
 	return nil
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/client"
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker/remote"
 )
 
@@ -305,6 +306,20 @@ func (rb *RemoteBroker) newValidator(m *remoteMetrics, logger *slog.Logger, reg 
 	}
 	o.Observer, o.Logger, o.ClientIP = gatewayObserver{m, h}, logger, callerIP
 	return remote.New(o)
+}
+
+// usageRecorder counts this gateway's scope usage and reports it to the
+// broker as the verify-local app (whose ceiling must then hold
+// write:usage:* too), or is nil: without app credentials a remote gateway
+// has no way to report.
+func (rb *RemoteBroker) usageRecorder(v *remote.Validator, logger *slog.Logger) *broker.UsageRecorder {
+	o, err := rb.options()
+	if err != nil || o.ClientID == "" {
+		return nil
+	}
+	return broker.NewUsageRecorder(broker.UsageOptions{
+		Sink: client.NewUsageReporter(v.API(), o.ClientID, o.ClientSecret), Logger: logger,
+	})
 }
 
 // callerIP is the client address Caddy determined (trusted_proxies

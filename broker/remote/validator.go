@@ -266,3 +266,8 @@ func (v *Validator) checkSignature(ctx context.Context, tok string) error {
 	}
 	return nil
 }
+
+// API is a client of the validator's broker over the validator's bounded
+// transport (its TLS settings and timeouts), for the gateway's other calls
+// to that broker, such as usage reports.
+func (v *Validator) API() *client.Client { return v.api }
