@@ -219,9 +219,11 @@ func (r *UsageRecorder) Flush(ctx context.Context) error {
 		s := &r.shards[i]
 		s.mu.Lock()
 		m := s.m
-		if len(m) > 0 {
-			s.m = make(map[usageKey]*usageCount, len(m))
+		if len(m) == 0 {
+			s.mu.Unlock()
+			continue // kept, not swapped: reading it unlocked would race Record
 		}
+		s.m = make(map[usageKey]*usageCount, len(m))
 		s.mu.Unlock()
 		for k, e := range m {
 			rule, ok := rules[k.rule]
