@@ -84,7 +84,9 @@ func TestCommandAuditFollow(t *testing.T) {
 	require.NoError(t, <-done, "cancelling stops --follow cleanly")
 
 	s := out.String()
-	rows := func(target string) int { return len(regexp.MustCompile(`(?m)^evt-.*target=` + target + `$`).FindAllString(s, -1)) }
+	rows := func(target string) int {
+		return len(regexp.MustCompile(`(?m)^evt-.*target=`+target+`$`).FindAllString(s, -1))
+	}
 	require.Equal(t, 1, rows("before-follow"), "nothing printed twice")
 	require.Equal(t, 1, rows("during-follow-1"))
 	require.Less(t, strings.Index(s, "during-follow-1"), strings.Index(s, "during-follow-2"), "new events in chain order")
