@@ -1,11 +1,11 @@
 package cli
 
 import (
-	"bytes"
+	"bufio"
 	"context"
+	"io"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -36,25 +36,6 @@ func TestCommandAuditOrder(t *testing.T) {
 	require.Len(t, oldest, len(newest)+1, "one more login since")
 }
 
-// syncBuffer is an output buffer a running command writes while the test
-// reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestCommandAuditFollow(t *testing.T) {
 	t.Parallel()
 	tb := newCmdTestBroker(t)
@@ -66,24 +47,57 @@ func TestCommandAuditFollow(t *testing.T) {
 	aw := &cobra.Command{Use: "agentwrit"}
 	setupAgentwritCommand(aw)
 	root.AddCommand(aw)
-	var out, errb syncBuffer
-	root.SetOut(&out)
-	root.SetErr(&errb)
+	// stdout and stderr through one pipe, read line by line as they come.
+	pr, pw := io.Pipe()
+	root.SetOut(pw)
+	root.SetErr(pw)
 	root.SetIn(strings.NewReader(""))
 	root.SetArgs([]string{"agentwrit", "audit", "--follow", "--interval", "20ms", "--event-type", "token_revoked",
 		"--broker", tb.URL, "--admin-secret", cmdTestSecret})
 	done := make(chan error, 1)
-	go func() { done <- root.ExecuteContext(ctx) }()
+	go func() {
+		err := root.ExecuteContext(ctx)
+		pw.Close()
+		done <- err
+	}()
+	lines := make(chan string, 64)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var seen []string
+	waitFor := func(substr string) {
+		t.Helper()
+		timeout := time.After(10 * time.Second)
+		for {
+			select {
+			case l, ok := <-lines:
+				require.True(t, ok, "output ended before %q:\n%s", substr, strings.Join(seen, "\n"))
+				seen = append(seen, l)
+				if strings.Contains(l, substr) {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("no %q in:\n%s", substr, strings.Join(seen, "\n"))
+			}
+		}
+	}
 
-	require.Eventually(t, func() bool { return strings.Contains(errb.String(), "matching events") }, 10*time.Second, 10*time.Millisecond)
-	require.Contains(t, out.String(), "before-follow", "the first page is printed")
+	waitFor("matching events")
+	require.Contains(t, strings.Join(seen, "\n"), "before-follow", "the first page is printed")
 	requireOK(t, tb.admin("revoke", "--level", "task", "--target", "during-follow-1"))
 	requireOK(t, tb.admin("revoke", "--level", "task", "--target", "during-follow-2"))
-	require.Eventually(t, func() bool { return strings.Contains(out.String(), "during-follow-2") }, 10*time.Second, 10*time.Millisecond)
+	waitFor("during-follow-2")
 	cancel()
 	require.NoError(t, <-done, "cancelling stops --follow cleanly")
+	for l := range lines {
+		seen = append(seen, l)
+	}
 
-	s := out.String()
+	s := strings.Join(seen, "\n")
 	rows := func(target string) int {
 		return len(regexp.MustCompile(`(?m)^evt-.*target=`+target+`$`).FindAllString(s, -1))
 	}
