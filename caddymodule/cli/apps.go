@@ -1,15 +1,18 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/client"
 )
 
 // cliLaunchTokenCommand is `caddy agentwrit launch-token`:
@@ -167,15 +170,15 @@ keeps only its hash.
 	addJSONFlag(list)
 
 	show := &cobra.Command{
-		Use:   "show <app_id>",
-		Short: "Shows one app",
+		Use:   "show <app_id|name>",
+		Short: "Shows one app, named by its ID or its name",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := adminClient(cmd)
 			if err != nil {
 				return err
 			}
-			app, err := c.GetApp(cmd.Context(), args[0])
+			app, err := findApp(cmd.Context(), c, args[0])
 			if err != nil {
 				return err
 			}
@@ -243,6 +246,38 @@ keeps only its hash.
 
 	cmd.AddCommand(register, list, show, update, remove)
 	return cmd
+}
+
+// findApp returns the app whose ID is ref or, when no app has that ID,
+// the one app whose name is ref. A name several apps carry is an error
+// listing their IDs, to pick from.
+func findApp(ctx context.Context, c *client.Client, ref string) (*broker.App, error) {
+	app, err := c.GetApp(ctx, ref)
+	var notFound *client.Error
+	if err == nil || !errors.As(err, &notFound) || notFound.Status != http.StatusNotFound {
+		return app, err
+	}
+	list, lerr := c.ListApps(ctx)
+	if lerr != nil {
+		return nil, lerr
+	}
+	var named []*broker.App
+	for _, a := range list.Apps {
+		if a.Name == ref {
+			named = append(named, a)
+		}
+	}
+	switch len(named) {
+	case 0:
+		return nil, err // the broker's own "app not found"
+	case 1:
+		return named[0], nil
+	}
+	ids := make([]string, len(named))
+	for i, a := range named {
+		ids[i] = a.AppID + " (" + a.Status + ")"
+	}
+	return nil, fmt.Errorf("%d apps are named %q; show one by its ID: %s", len(named), ref, strings.Join(ids, ", "))
 }
 
 // printApp prints an app as "field: value" lines, or JSON with --json.

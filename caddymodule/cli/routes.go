@@ -1,13 +1,20 @@
 package cli
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"net"
+	"net/http"
 	"os"
 	"sort"
 	"strings"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile" // the caddyfile adapter
 	"github.com/spf13/cobra"
@@ -20,10 +27,10 @@ import (
 // which agentwrit handler a request meets and what it needs.
 func routesCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "routes [--config <file>] [--adapter <name>] [<METHOD> <path>]",
+		Use:   "routes [--config <file> [--adapter <name>] | --address <admin>] [<METHOD> <path>]",
 		Short: "Explains which agentwrit rule and scopes a request needs",
 		Long: `
-Loads a config (a Caddyfile by default), finds every agentwrit handler in it
+Loads a config, finds every agentwrit handler in it
 and, for the request <METHOD> <path>, prints for each handler what it would
 decide before looking at a token: the rule that matches and the scopes it
 requires, or that the route is public, unmapped, or not canonical (400). The
@@ -32,6 +39,11 @@ Placeholders in scope templates ({http.request.host}) are shown unexpanded.
 The method is taken in upper case.
 
 Without <METHOD> <path> it lists every handler's rules.
+
+Without --config it explains the config Caddy is running, read from Caddy's
+admin API (GET /config/ at --address, default localhost:2019), and says so
+on stderr. With --config it reads that file (a Caddyfile, or JSON with
+--adapter json or a .json name; - for stdin) instead.
 
 Handlers are named by where they sit in the adapted JSON (server, route and
 handler indexes, and the matchers of the routes around them), as
@@ -46,7 +58,8 @@ no agentwrit handler, or a handler's rules do not compile.
 		},
 		RunE: runRoutes,
 	}
-	cmd.Flags().StringP("config", "c", "", "Configuration file (default ./Caddyfile; - for stdin)")
+	cmd.Flags().StringP("config", "c", "", "Configuration file (- for stdin); default: the running config from Caddy's admin API")
+	cmd.Flags().String("address", caddy.DefaultAdminListen, "Address of Caddy's admin API, for the running config")
 	cmd.Flags().StringP("adapter", "a", "caddyfile", "Config adapter; json for a JSON config")
 	addJSONFlag(cmd)
 	return cmd
@@ -62,13 +75,14 @@ type foundHandler struct {
 	Mode     string
 }
 
-// loadAdaptedConfig reads the config file and adapts it to Caddy JSON;
-// adapter warnings go to warn.
+// loadAdaptedConfig reads the config file and adapts it to Caddy JSON, or
+// without --config reads the running config from Caddy's admin API;
+// adapter warnings and where the config came from go to warn.
 func loadAdaptedConfig(cmd *cobra.Command, warn io.Writer) ([]byte, string, error) {
 	file, _ := cmd.Flags().GetString("config")
 	adapter, _ := cmd.Flags().GetString("adapter")
 	if file == "" {
-		file = "Caddyfile"
+		return runningConfig(cmd, warn)
 	}
 	var body []byte
 	var err error
@@ -76,6 +90,9 @@ func loadAdaptedConfig(cmd *cobra.Command, warn io.Writer) ([]byte, string, erro
 		body, err = io.ReadAll(cmd.InOrStdin())
 	} else {
 		body, err = os.ReadFile(file)
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, file, fmt.Errorf("read config: %s does not exist; point --config at your Caddyfile (or a JSON config), or leave --config out to explain the config Caddy is running", file)
 	}
 	if err != nil {
 		return nil, file, fmt.Errorf("read config: %w", err)
@@ -98,6 +115,50 @@ func loadAdaptedConfig(cmd *cobra.Command, warn io.Writer) ([]byte, string, erro
 		fmt.Fprintf(warn, "warning: %s\n", w.String())
 	}
 	return out, file, nil
+}
+
+// runningConfig reads the config Caddy is running from its admin API
+// (GET /config/ at --address: host:port, an http(s):// URL, or unix/<path>).
+func runningConfig(cmd *cobra.Command, warn io.Writer) ([]byte, string, error) {
+	addr, _ := cmd.Flags().GetString("address")
+	timeout, _ := cmd.Flags().GetDuration("timeout")
+	hc := &http.Client{Timeout: timeout}
+	base := addr
+	if sock, ok := strings.CutPrefix(addr, "unix/"); ok {
+		var d net.Dialer
+		hc.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, "unix", sock)
+		}}
+		base = "http://localhost" // the Host Caddy's admin API expects on a socket
+	} else if !strings.Contains(addr, "://") {
+		base = "http://" + addr
+	}
+	url := strings.TrimRight(base, "/") + "/config/"
+	where := "the running config at " + addr
+	fail := func(err error) ([]byte, string, error) {
+		return nil, where, fmt.Errorf("no --config given, and %s could not be read: %w; start Caddy, give --address of its admin API, or --config <file>", where, err)
+	}
+	req, err := http.NewRequestWithContext(cmd.Context(), http.MethodGet, url, nil)
+	if err != nil {
+		return fail(err)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fail(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fail(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fail(fmt.Errorf("GET %s: %s", url, resp.Status))
+	}
+	if t := bytes.TrimSpace(body); len(t) == 0 || string(t) == "null" {
+		return fail(fmt.Errorf("caddy runs no config"))
+	}
+	fmt.Fprintf(warn, "using the running config from %s (give --config to explain a file)\n", url)
+	return body, where, nil
 }
 
 // findAgentwritHandlers walks apps.http.servers.*.routes (and each server's

@@ -3,13 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/base64"
-	"encoding/hex"
-	"encoding/json"
-	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -103,7 +96,8 @@ func freePort(t *testing.T) string {
 }
 
 // TestExampleCaddyfile runs the README's quick start: the example config
-// with only AGENTWRIT_ADMIN_SECRET set, then the Go client of the README.
+// with only AGENTWRIT_ADMIN_SECRET set, then examples/quickstart-go (the Go
+// client walk), the README's curl lines and examples/quickstart.py.
 func TestExampleCaddyfile(t *testing.T) {
 	var out bytes.Buffer
 	config, ports := exampleOnFreePorts(t)
@@ -125,12 +119,32 @@ func TestExampleCaddyfile(t *testing.T) {
 	})
 	waitHealthy(t, brokerURL+"/v1/health", &out)
 
-	token, body, status, err := quickstart(brokerURL, gatewayURL, "quickstart-secret")
+	goQuickstart := buildQuickstartGo(t)
+	clientEnv := append(os.Environ(), "AGENTWRIT_ADMIN_SECRET=quickstart-secret",
+		"AGENTWRIT_BROKER="+brokerURL, "AGENTWRIT_GATEWAY="+gatewayURL)
+	walk := exec.Command(goQuickstart)
+	walk.Env = clientEnv
+	got, err := walk.CombinedOutput()
 	if err != nil {
-		t.Fatalf("quick start: %v\n%s", err, out.String())
+		t.Fatalf("examples/quickstart-go: %v\n%s\ncaddy:\n%s", err, got, out.String())
 	}
-	if status != http.StatusOK || !strings.Contains(body, "spiffe://agentwrit.local/agent/demo-orch/demo-task/") {
-		t.Fatalf("GET /orders/42 = %d %q", status, body)
+	for _, want := range []string{"registered spiffe://agentwrit.local/agent/demo-orch/demo-task/",
+		"GET /orders/42: 200 hello spiffe://agentwrit.local/agent/demo-orch/demo-task/", "GET /orders/43: 403",
+		"renewed: a new token valid for", "released: GET /orders/42 with that token: 401"} {
+		if !strings.Contains(string(got), want) {
+			t.Errorf("examples/quickstart-go output lacks %q:\n%s", want, got)
+		}
+	}
+	printToken := exec.Command(goQuickstart, "--print-token")
+	printToken.Env = clientEnv
+	printToken.Stderr = os.Stderr
+	raw, err := printToken.Output()
+	if err != nil {
+		t.Fatalf("examples/quickstart-go --print-token: %v", err)
+	}
+	token := strings.TrimSuffix(string(raw), "\n")
+	if strings.Count(token, ".") != 2 || strings.ContainsAny(token, " \n") {
+		t.Fatalf("--print-token printed %q, want one JWT and nothing else", raw)
 	}
 	resp, err := http.Get(gatewayURL + "/orders/42")
 	if err != nil {
@@ -142,7 +156,7 @@ func TestExampleCaddyfile(t *testing.T) {
 	}
 	// The README's curl lines, run as written.
 	if _, err := exec.LookPath("curl"); err == nil {
-		lines := readmeBlock(t, "<!-- curl-quickstart -->")
+		lines := readmeBlock(t, "<!-- quickstart:curl -->")
 		lines = strings.NewReplacer("localhost:8080", "localhost:"+ports["8080"], "localhost:8081", "localhost:"+ports["8081"]).Replace(lines)
 		sh := exec.Command("bash", "-euo", "pipefail", "-c", lines)
 		sh.Env = append(os.Environ(), "TOKEN="+token)
@@ -160,8 +174,7 @@ func TestExampleCaddyfile(t *testing.T) {
 	}
 	if python, err := exec.LookPath("python3"); err == nil && exec.Command(python, "-c", "import requests, cryptography").Run() == nil {
 		py := exec.Command(python, "../../examples/quickstart.py")
-		py.Env = append(os.Environ(), "AGENTWRIT_ADMIN_SECRET=quickstart-secret",
-			"AGENTWRIT_BROKER="+brokerURL, "AGENTWRIT_GATEWAY="+gatewayURL)
+		py.Env = clientEnv
 		got, err := py.CombinedOutput()
 		if err != nil || !strings.Contains(string(got), "hello spiffe://") || !strings.Contains(string(got), "403") {
 			t.Fatalf("python quick start: %v\n%s", err, got)
@@ -188,81 +201,17 @@ func TestMissingAdminSecret(t *testing.T) {
 	}
 }
 
-// quickstart is the README's Go client, verbatim between the markers.
-// README-GO-BEGIN
-func quickstart(broker, gateway, adminSecret string) (token, body string, status int, err error) {
-	post := func(url, bearer string, in, out any) error {
-		b, _ := json.Marshal(in)
-		req, _ := http.NewRequest("POST", url, bytes.NewReader(b))
-		if bearer != "" {
-			req.Header.Set("Authorization", "Bearer "+bearer)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode >= 300 {
-			msg, _ := io.ReadAll(resp.Body)
-			return fmt.Errorf("%s: %s", url, msg)
-		}
-		return json.NewDecoder(resp.Body).Decode(out)
+// buildQuickstartGo builds examples/quickstart-go, the program the README
+// runs with `go run ./examples/quickstart-go`.
+func buildQuickstartGo(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "quickstart-go")
+	build := exec.Command("go", "build", "-o", bin, "../../examples/quickstart-go")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build examples/quickstart-go: %v\n%s", err, out)
 	}
-	// Operator: an admin token, then a launch token allowing read:orders:*.
-	var admin struct {
-		AccessToken string `json:"access_token"`
-	}
-	if err := post(broker+"/v1/admin/auth", "", map[string]string{"secret": adminSecret}, &admin); err != nil {
-		return "", "", 0, err
-	}
-	var launch struct {
-		LaunchToken string `json:"launch_token"`
-	}
-	if err := post(broker+"/v1/admin/launch-tokens", admin.AccessToken, map[string]any{
-		"agent_name": "demo", "allowed_scope": []string{"read:orders:*"}, "max_ttl": 600,
-	}, &launch); err != nil {
-		return "", "", 0, err
-	}
-	// Agent: a key pair, a nonce, a signature over the nonce's bytes, register.
-	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-	resp, err := http.Get(broker + "/v1/challenge")
-	if err != nil {
-		return "", "", 0, err
-	}
-	var ch struct {
-		Nonce string `json:"nonce"`
-	}
-	err = json.NewDecoder(resp.Body).Decode(&ch)
-	resp.Body.Close()
-	if err != nil {
-		return "", "", 0, err
-	}
-	nonce, _ := hex.DecodeString(ch.Nonce)
-	var reg struct {
-		AgentID     string `json:"agent_id"`
-		AccessToken string `json:"access_token"`
-	}
-	if err := post(broker+"/v1/register", "", map[string]any{
-		"launch_token": launch.LaunchToken, "nonce": ch.Nonce,
-		"public_key": base64.StdEncoding.EncodeToString(pub),
-		"signature":  base64.StdEncoding.EncodeToString(ed25519.Sign(priv, nonce)),
-		"orch_id":    "demo-orch", "task_id": "demo-task", "requested_scope": []string{"read:orders:42"},
-	}, &reg); err != nil {
-		return "", "", 0, err
-	}
-	// Call the protected backend through the gateway.
-	req, _ := http.NewRequest("GET", gateway+"/orders/42", nil)
-	req.Header.Set("Authorization", "Bearer "+reg.AccessToken)
-	resp, err = http.DefaultClient.Do(req)
-	if err != nil {
-		return "", "", 0, err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return reg.AccessToken, string(b), resp.StatusCode, nil
+	return bin
 }
-
-// README-GO-END
 
 // readmeBlock returns the fenced code block that follows marker in README.md.
 func readmeBlock(t *testing.T, marker string) string {
@@ -281,18 +230,9 @@ func readmeBlock(t *testing.T, marker string) string {
 	return body
 }
 
-// TestReadmeSnippetsAreTested keeps the README's clients identical to the
-// code TestExampleCaddyfile runs.
+// TestReadmeSnippetsAreTested keeps the README's Python client identical
+// to the examples/quickstart.py TestExampleCaddyfile runs.
 func TestReadmeSnippetsAreTested(t *testing.T) {
-	src, err := os.ReadFile("main_test.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, goSnippet, _ := strings.Cut(string(src), "// README-GO-BEGIN\n")
-	goSnippet, _, _ = strings.Cut(goSnippet, "\n// README-GO-END")
-	if got := readmeBlock(t, "<!-- go-quickstart -->"); strings.TrimSpace(got) != strings.TrimSpace(goSnippet) {
-		t.Errorf("README Go snippet differs from quickstart() in main_test.go")
-	}
 	py, err := os.ReadFile("../../examples/quickstart.py")
 	if err != nil {
 		t.Fatal(err)
