@@ -6,24 +6,15 @@ package caddymodule
 // Caddy-level tests need.
 
 import (
-	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"io"
-	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -37,83 +28,11 @@ import (
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker/brokertest"
 )
 
-// TestPKI is a CA, a server certificate for 127.0.0.1 and a client
-// certificate, written as PEM files.
-type TestPKI struct {
-	CAFile, ClientCertFile, ClientKeyFile string
-	// OtherCAFile is a CA that signed nothing here.
-	OtherCAFile string
-	// ServerTLS serves the server certificate and requires a client
-	// certificate signed by the CA.
-	ServerTLS *tls.Config
-}
+// TestPKI is brokertest.PKI, under the name the e2e tests use.
+type TestPKI = brokertest.PKI
 
-// NewTestPKI generates the certificates in a temporary directory.
-func NewTestPKI(t testing.TB) *TestPKI {
-	t.Helper()
-	dir := t.TempDir()
-	newKey := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		require.NoError(t, err)
-		return k
-	}
-	serial := int64(0)
-	template := func(cn string) *x509.Certificate {
-		serial++
-		return &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		}
-	}
-	writePEM := func(name, typ string, der []byte) string {
-		p := filepath.Join(dir, name)
-		require.NoError(t, os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600))
-		return p
-	}
-	newCA := func(cn string) (*x509.Certificate, *ecdsa.PrivateKey, []byte) {
-		key, tpl := newKey(), template(cn)
-		tpl.IsCA, tpl.BasicConstraintsValid = true, true
-		tpl.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature
-		der, err := x509.CreateCertificate(rand.Reader, tpl, tpl, &key.PublicKey, key)
-		require.NoError(t, err)
-		cert, err := x509.ParseCertificate(der)
-		require.NoError(t, err)
-		return cert, key, der
-	}
-	ca, caKey, caDER := newCA("agentwrit test CA")
-	_, _, otherDER := newCA("unrelated CA")
-	leaf := func(cn string, usage x509.ExtKeyUsage) ([]byte, *ecdsa.PrivateKey) {
-		key, tpl := newKey(), template(cn)
-		tpl.KeyUsage = x509.KeyUsageDigitalSignature
-		tpl.ExtKeyUsage = []x509.ExtKeyUsage{usage}
-		if usage == x509.ExtKeyUsageServerAuth {
-			tpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-			tpl.DNSNames = []string{"localhost"}
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tpl, ca, &key.PublicKey, caKey)
-		require.NoError(t, err)
-		return der, key
-	}
-	serverDER, serverKey := leaf("broker", x509.ExtKeyUsageServerAuth)
-	clientDER, clientKey := leaf("gateway", x509.ExtKeyUsageClientAuth)
-	p := &TestPKI{
-		CAFile:         writePEM("ca.pem", "CERTIFICATE", caDER),
-		OtherCAFile:    writePEM("other-ca.pem", "CERTIFICATE", otherDER),
-		ClientCertFile: writePEM("client.pem", "CERTIFICATE", clientDER),
-	}
-	ck, err := x509.MarshalPKCS8PrivateKey(clientKey)
-	require.NoError(t, err)
-	p.ClientKeyFile = writePEM("client.key", "PRIVATE KEY", ck)
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	p.ServerTLS = &tls.Config{
-		Certificates: []tls.Certificate{{Certificate: [][]byte{serverDER}, PrivateKey: serverKey}},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pool,
-		MinVersion:   tls.VersionTLS12,
-	}
-	return p
-}
+// NewTestPKI is brokertest.NewPKI.
+func NewTestPKI(t testing.TB) *TestPKI { return brokertest.NewPKI(t) }
 
 // TestBroker is this project's broker served over HTTP(S) by an
 // httptest server.

@@ -89,7 +89,7 @@ func TestRealBroker(t *testing.T) {
 
 // clientTLS is the TLS configuration of a gateway trusting the CA in
 // caFile, presenting the PKI's client certificate if withCert.
-func (p *testPKI) clientTLS(t *testing.T, caFile string, withCert bool) *tls.Config {
+func clientTLS(t *testing.T, p *testPKI, caFile string, withCert bool) *tls.Config {
 	t.Helper()
 	pem, err := os.ReadFile(caFile)
 	require.NoError(t, err)
@@ -109,7 +109,7 @@ func TestMutualTLS(t *testing.T) {
 	pki := newTestPKI(t)
 	tb := newTestBroker(t, pki.ServerTLS)
 	_, tok := tb.agent("read:orders:42")
-	v, _ := newTestValidator(t, cached(Options{URL: tb.Server.URL, TLS: pki.clientTLS(t, pki.CAFile, true)}))
+	v, _ := newTestValidator(t, cached(Options{URL: tb.Server.URL, TLS: clientTLS(t, pki, pki.CAFile, true)}))
 	c, err := v.Validate(ctx, tok)
 	requireValid(t, tok, c, err)
 	require.Equal(t, []string{"read:orders:42"}, c.Scope)
@@ -119,10 +119,10 @@ func TestMutualTLS(t *testing.T) {
 	requireValid(t, tok2, c, err)
 
 	before := tb.validations.Load()
-	noCert, noCertRec := newTestValidator(t, cached(Options{URL: tb.Server.URL, TLS: pki.clientTLS(t, pki.CAFile, false)}))
+	noCert, noCertRec := newTestValidator(t, cached(Options{URL: tb.Server.URL, TLS: clientTLS(t, pki, pki.CAFile, false)}))
 	c, err = noCert.Validate(ctx, tok2)
 	requireUnavailable(t, c, err, "no client certificate")
-	wrongCA, wrongCARec := newTestValidator(t, cached(Options{URL: tb.Server.URL, TLS: pki.clientTLS(t, pki.OtherCAFile, true)}))
+	wrongCA, wrongCARec := newTestValidator(t, cached(Options{URL: tb.Server.URL, TLS: clientTLS(t, pki, pki.OtherCAFile, true)}))
 	c, err = wrongCA.Validate(ctx, tok2)
 	requireUnavailable(t, c, err, "server certificate from an unknown CA")
 	require.Equal(t, before, tb.validations.Load(), "neither reached the broker's handler")
