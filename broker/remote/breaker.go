@@ -12,11 +12,14 @@ import (
 // breakerThreshold such failures in a row, calls stop (ErrUnavailable at
 // once, no call) for a backoff that doubles from breakerMinBackoff to
 // breakerMaxBackoff; then one call probes, and its outcome closes the
-// breaker or opens it again for longer.
+// breaker or opens it again for longer. The maximum is short because it
+// is also how long enforced routes may stay unavailable after the broker
+// is back, and one probe per gateway every few seconds costs a
+// recovering broker nothing.
 const (
 	breakerThreshold  = 5
 	breakerMinBackoff = time.Second
-	breakerMaxBackoff = 30 * time.Second
+	breakerMaxBackoff = 5 * time.Second
 )
 
 var errBreakerOpen = fmt.Errorf("%w: calls suspended after repeated broker failures", ErrUnavailable)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker/client"
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker/storage"
 )
@@ -27,6 +28,7 @@ import (
 // replica is one process of the fleet.
 type replica struct {
 	proc    *proc
+	url     string // the broker's
 	broker  *brokerClient
 	gateway string // URL prefix of the gateway's protected route
 }
@@ -97,7 +99,7 @@ func startFleet(ps *procs, dsn string, o options) ([]*replica, error) {
 		if err != nil {
 			return nil, err
 		}
-		rs[i] = &replica{proc: p, broker: &brokerClient{Client: c, secret: adminSecret},
+		rs[i] = &replica{proc: p, url: fmt.Sprintf("http://127.0.0.1:%d", bPort), broker: &brokerClient{Client: c, secret: adminSecret},
 			gateway: fmt.Sprintf("http://127.0.0.1:%d/orders/", gPort)}
 	}
 	return rs, nil
@@ -136,7 +138,11 @@ func runFleet(ctx context.Context, ps *procs, o options) error {
 	if err != nil {
 		return err
 	}
-	lags, err := fleetPropagation(ctx, rs, o.revocations)
+	local, err := startFleetLocal(ctx, ps, rs[0])
+	if err != nil {
+		return err
+	}
+	prop, err := fleetPropagation(ctx, rs, local, o.revocations)
 	if err != nil {
 		return err
 	}
@@ -148,13 +154,21 @@ func runFleet(ctx context.Context, ps *procs, o options) error {
 	for i, n := range reg.perReplica {
 		fmt.Fprintf(w, "  replica-%d: %d (%.0f/s)\n", i, n, float64(n)/reg.elapsed.Seconds())
 	}
-	if len(lags) > 0 {
-		fmt.Fprintf(w, "revocation propagation (revoke on replica i, refused by replica i+1's gateway), %d revocations: p50 %s p99 %s max %s\n",
-			len(lags), percentile(lags, 0.50).Round(time.Microsecond), percentile(lags, 0.99).Round(time.Microsecond),
-			percentile(lags, 1).Round(time.Microsecond))
+	pr := func(what string, lags []time.Duration) {
+		if len(lags) > 0 {
+			fmt.Fprintf(w, "%s, %d revocations: p50 %s p99 %s max %s\n", what,
+				len(lags), percentile(lags, 0.50).Round(time.Microsecond), percentile(lags, 0.99).Round(time.Microsecond),
+				percentile(lags, 1).Round(time.Microsecond))
+		}
 	}
+	pr("revocation propagation (revoke on replica i returns → first 401 at replica i+1's gateway)", prop.replica)
+	pr("revocation lag at a remote gateway in local mode following replica-0 (revoke on replica-0 returns → first 401)", prop.localSame)
+	pr("revocation lag at a remote gateway in local mode following replica-0 (revoke on another replica returns → first 401)", prop.localOther)
 	if reg.failed > 0 {
 		return fmt.Errorf("%d registrations failed, first: %v", reg.failed, reg.firstErr)
+	}
+	if o.faults {
+		return fleetFaults(ctx, ps, rs, o.pgRestart, o)
 	}
 	return nil
 }
@@ -216,54 +230,78 @@ func fleetRegistrations(ctx context.Context, rs []*replica, o options) (registra
 // replica before the harness calls it lost.
 const propagationTimeout = 10 * time.Second
 
-// fleetPropagation revokes n tokens, each on replica i mod N, and times
-// until the gateway of replica i+1 mod N refuses it.
-func fleetPropagation(ctx context.Context, rs []*replica, n int) ([]time.Duration, error) {
-	if len(rs) < 2 {
-		return nil, nil
+// startFleetLocal starts a remote gateway in local mode that follows r's
+// revocation feed, as an app allowed to read it, and returns the URL
+// prefix of its protected route.
+func startFleetLocal(ctx context.Context, ps *procs, r *replica) (string, error) {
+	admin, err := r.broker.admin(ctx)
+	if err != nil {
+		return "", err
 	}
+	app, err := admin.CreateApp(ctx, broker.AppRequest{Name: "bench-gateway", Scopes: []string{"read:revocations:*"}})
+	if err != nil {
+		return "", fmt.Errorf("create the gateway's app: %w", err)
+	}
+	port := freePort()
+	_, err = ps.start("remote-local", "", fmt.Sprintf(
+		"http://127.0.0.1:%d {\n\tagentwrit {\n\t\tbroker %s {\n\t\t\tverify local\n\t\t\tclient_id %s\n\t\t\tclient_secret %s\n\t\t\tmax_staleness %s\n\t\t}%s\n\t}\n\trespond \"ok\" 200\n}\n",
+		port, r.url, app.ClientID, app.ClientSecret, localStaleness, rules))
+	if err != nil {
+		return "", err
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/orders/", port)
+	a, err := r.broker.registerOneNew(ctx)
+	if err != nil {
+		return "", err
+	}
+	return url, waitAllowed(ctx, url+"1", a.Token)
+}
+
+// propagation is what fleetPropagation measured.
+type propagation struct {
+	replica               []time.Duration // at the next replica's gateway
+	localSame, localOther []time.Duration // at the local-mode gateway following replica 0, revoked on it or elsewhere
+}
+
+// fleetPropagation revokes n tokens, each on replica i mod N, and times
+// until the gateway of replica i+1 mod N, and the local-mode gateway at
+// local, refuse it.
+func fleetPropagation(ctx context.Context, rs []*replica, local string, n int) (propagation, error) {
+	var p propagation
 	logf("measuring revocation propagation over %d revocations", n)
 	admins := make([]*client.Client, len(rs))
 	for i, r := range rs {
 		a, err := r.broker.admin(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("replica-%d: admin login: %w", i, err)
+			return p, fmt.Errorf("replica-%d: admin login: %w", i, err)
 		}
 		admins[i] = a
 	}
-	hc := newClient(1)
-	lags := make([]time.Duration, 0, n)
+	hc := newClient(2)
 	for i := range n {
-		on, other := rs[i%len(rs)], rs[(i+1)%len(rs)]
-		a, err := on.broker.registerOneNew(ctx)
+		on := i % len(rs)
+		a, err := rs[on].broker.registerOneNew(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("register: %w", err)
+			return p, fmt.Errorf("register: %w", err)
 		}
-		if st, err := gatewayStatus(ctx, hc, other.gateway+"1", a.Token); err != nil || st != http.StatusOK {
-			return nil, fmt.Errorf("fresh token at the other replica's gateway: %d %v", st, err)
+		urls := []string{local + "1"}
+		if len(rs) > 1 {
+			urls = append(urls, rs[(on+1)%len(rs)].gateway+"1")
 		}
-		start := time.Now()
-		if err := on.broker.revoke(ctx, admins[i%len(rs)], a.JTI); err != nil {
-			return nil, fmt.Errorf("revoke: %w", err)
+		lags, err := timeRefusals(ctx, hc, urls, a.Token, func() error { return rs[on].broker.revoke(ctx, admins[on], a.JTI) })
+		if err != nil {
+			return p, fmt.Errorf("revocation %d: %w", i, err)
 		}
-		for {
-			st, err := gatewayStatus(ctx, hc, other.gateway+"1", a.Token)
-			if err != nil {
-				return nil, err
-			}
-			if st == http.StatusUnauthorized {
-				lags = append(lags, time.Since(start))
-				break
-			}
-			if st != http.StatusOK {
-				return nil, fmt.Errorf("gateway answered %d while waiting for a revocation", st)
-			}
-			if time.Since(start) > propagationTimeout {
-				return nil, fmt.Errorf("revocation %d not enforced by the other replica within %s", i, propagationTimeout)
-			}
+		if on == 0 {
+			p.localSame = append(p.localSame, lags[0])
+		} else {
+			p.localOther = append(p.localOther, lags[0])
+		}
+		if len(lags) > 1 {
+			p.replica = append(p.replica, lags[1])
 		}
 	}
-	return lags, nil
+	return p, nil
 }
 
 func gatewayStatus(ctx context.Context, hc *http.Client, url, token string) (int, error) {

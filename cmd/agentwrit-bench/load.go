@@ -17,13 +17,14 @@ import (
 
 // target is one gateway under load.
 type target struct {
-	name   string
-	url    string   // full URL prefix, e.g. http://127.0.0.1:1234/orders/
-	tokens []string // cycled through; empty sends no Authorization
-	proc   *proc
-	client *http.Client   // keep-alive connections, kept across slices
-	junk   float64        // fraction of requests sent with a bad-signature token
-	next   *atomic.Uint64 // the next token to send: all of them cycle in turn
+	name    string
+	url     string   // full URL prefix, e.g. http://127.0.0.1:1234/orders/
+	tokens  []string // cycled through; empty sends no Authorization
+	proc    *proc
+	metrics int            // port of the process's metrics site; 0: none
+	client  *http.Client   // keep-alive connections, kept across slices
+	junk    float64        // fraction of requests sent with a bad-signature token
+	next    *atomic.Uint64 // the next token to send: all of them cycle in turn
 }
 
 // newClient is a client with exactly conns keep-alive connections.

@@ -56,7 +56,11 @@ type options struct {
 
 	fleet       int    // replicas of the -fleet mode; 0: not that mode
 	database    string // PostgreSQL server of the -fleet mode
-	revocations int    // revocations timed by the -fleet mode
+	revocations int    // revocations timed by -fleet, and at remote-local
+	faults      bool   // -fleet: also the faults phase
+	pgRestart   string // -fleet faults: shell command restarting the database server
+	flood       time.Duration
+	floodConns  int
 }
 
 func main() {
@@ -72,14 +76,18 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds (configurations alternate within each)")
 	flag.IntVar(&o.tokens, "tokens", 100, "distinct agent tokens per broker, cycled through")
 	flag.Float64Var(&o.junk, "junk", 0, "also run each gateway with this fraction of requests carrying a random bad-signature token (e.g. 0.5)")
-	flag.StringVar(&o.configs, "configs", "plain,embedded,remote,remote-nocache", "configurations to run, in round order; also plain-headers (plain adding the five identity headers, no enforcement)")
+	flag.StringVar(&o.configs, "configs", "plain,embedded,remote,remote-nocache,remote-local", "configurations to run, in round order: plain, plain-headers (plain adding the five identity headers, no enforcement), embedded, embedded-nousage (usage off), embedded-pg (on a fresh PostgreSQL database of -database), remote (validate, cached), remote-nocache (validate, cache_ttl 0), remote-local (verify local)")
 	flag.DurationVar(&o.soak, "soak", 0, "run a soak of this length instead of the comparison")
 	flag.DurationVar(&o.remoteTTL, "remote-cache-ttl", 30*time.Second, "cache_ttl of the cached remote gateway")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write CPU profiles of the last round to <prefix>-<process>.prof, one per process (gateways, broker, backend)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs, logs, databases)")
 	flag.IntVar(&o.fleet, "fleet", 0, "instead of the comparison, run N replicas on one PostgreSQL database: registrations spread over them for -duration with -conns workers, then revocation propagation between replicas")
 	flag.StringVar(&o.database, "database", os.Getenv("AGENTWRIT_TEST_POSTGRES"), "PostgreSQL server of -fleet, as a role that may create databases (a fresh one is made and dropped); default $AGENTWRIT_TEST_POSTGRES")
-	flag.IntVar(&o.revocations, "revocations", 200, "revocations whose propagation -fleet times")
+	flag.IntVar(&o.revocations, "revocations", 200, "revocations whose propagation -fleet times, and whose lag at the remote-local gateway the comparison times")
+	flag.BoolVar(&o.faults, "faults", false, "-fleet: then run load while a replica is killed -9 and restarted, the database restarted (-pg-restart) and replica 0 reloaded, and check that nothing acknowledged was lost, nothing revoked allowed late, and the audit chain is intact")
+	flag.StringVar(&o.pgRestart, "pg-restart", "", "-faults: shell command that restarts the PostgreSQL server, e.g. 'pg_ctlcluster --skip-systemctl-redirect 15 main restart' (it affects everything else on that server)")
+	flag.DurationVar(&o.flood, "flood", 0, "after the comparison, flood each remote gateway this long with bad-signature tokens from -flood-conns connections, while another client IP presents fresh real tokens")
+	flag.IntVar(&o.floodConns, "flood-conns", 400, "connections of the -flood attacker")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -103,114 +111,30 @@ func main() {
 	os.Exit(code)
 }
 
-// setup is every process and token the runs need.
-type setup struct {
-	backend, plain, embedded, broker, remote, remoteNoCache *proc
-	embeddedBroker, remoteBroker                            *brokerClient
-	targets                                                 map[string]target
-}
-
-const rules = `
-		require GET /orders/{id} read:orders:{id}
-		public  GET /healthz`
-
-func start(ctx context.Context, ps *procs, o options) (*setup, error) {
-	s := &setup{targets: map[string]target{}}
-	port := func() string { return fmt.Sprint(freePort()) }
-	bPort, pPort, eBrokerPort, ePort, brPort, rPort, r0Port := port(), port(), port(), port(), port(), port(), port()
-	upstream := "127.0.0.1:" + bPort
-	var err error
-	if s.backend, err = ps.start("backend", "", fmt.Sprintf("http://127.0.0.1:%s {\n\trespond \"ok\" 200\n}\n", bPort)); err != nil {
-		return nil, err
-	}
-	if s.plain, err = ps.start("plain", "", fmt.Sprintf("http://127.0.0.1:%s {\n\treverse_proxy %s\n}\n", pPort, upstream)); err != nil {
-		return nil, err
-	}
-	brokerGlobals := func(db string) string {
-		return fmt.Sprintf("\tagentwrit {\n\t\tadmin_secret %s\n\t\tdatabase %s/%s.db\n\t}", adminSecret, ps.dir, db)
-	}
-	if s.embedded, err = ps.start("embedded", brokerGlobals("embedded"), fmt.Sprintf(
-		"http://127.0.0.1:%s {\n\tagentwrit_broker\n}\nhttp://127.0.0.1:%s {\n\tagentwrit {%s\n\t}\n\treverse_proxy %s\n}\n",
-		eBrokerPort, ePort, rules, upstream)); err != nil {
-		return nil, err
-	}
-	needRemote := o.soak > 0 || strings.Contains(o.configs, "remote")
-	if s.embeddedBroker, err = newBrokerClient("http://127.0.0.1:"+eBrokerPort, adminSecret); err != nil {
-		return nil, err
-	}
-	if s.remoteBroker, err = newBrokerClient("http://127.0.0.1:"+brPort, adminSecret); err != nil {
-		return nil, err
-	}
-	scope := []string{"read:orders:*"}
-	toks := func(as []agent) []string {
-		out := make([]string, len(as))
-		for i, a := range as {
-			out[i] = a.Token
-		}
-		return out
-	}
-	logf("registering %d agents at the embedded broker", o.tokens)
-	eAgents, err := s.embeddedBroker.register(ctx, o.tokens, scope)
-	if err != nil {
-		return nil, fmt.Errorf("register (embedded): %w", err)
-	}
-	s.targets["plain"] = target{name: "plain", url: "http://127.0.0.1:" + pPort + "/orders/", tokens: toks(eAgents), proc: s.plain}
-	if strings.Contains(o.configs, "plain-headers") {
-		// plain reverse_proxy adding the five identity headers the
-		// gateway sets, with one agent's values: the cost of the headers
-		// alone, without any enforcement.
-		c := claimsOf(eAgents[0].Token)
-		hPort := port()
-		ph, err := ps.start("plain-headers", "", fmt.Sprintf(
-			"http://127.0.0.1:%s {\n\treverse_proxy %s {\n"+
-				"\t\theader_up X-AgentWrit-Agent-ID %q\n\t\theader_up X-AgentWrit-Task-ID %q\n\t\theader_up X-AgentWrit-Orch-ID %q\n"+
-				"\t\theader_up X-AgentWrit-Scope %q\n\t\theader_up X-AgentWrit-JTI %q\n\t}\n}\n",
-			hPort, upstream, c.Sub, c.TaskID, c.OrchID, strings.Join(c.Scope, " "), c.Jti))
-		if err != nil {
-			return nil, err
-		}
-		s.targets["plain-headers"] = target{name: "plain-headers", url: "http://127.0.0.1:" + hPort + "/orders/", tokens: toks(eAgents), proc: ph}
-	}
-	s.targets["embedded"] = target{name: "embedded", url: "http://127.0.0.1:" + ePort + "/orders/", tokens: toks(eAgents), proc: s.embedded}
-	if !needRemote {
-		return s, nil
-	}
-	if s.broker, err = ps.start("broker", brokerGlobals("broker"), fmt.Sprintf("http://127.0.0.1:%s {\n\tagentwrit_broker\n}\n", brPort)); err != nil {
-		return nil, err
-	}
-	remote := func(name, port string, ttl time.Duration) (*proc, error) {
-		return ps.start(name, "", fmt.Sprintf(
-			"http://127.0.0.1:%s {\n\tagentwrit {\n\t\tbroker http://127.0.0.1:%s {\n\t\t\tcache_ttl %s\n\t\t}%s\n\t}\n\treverse_proxy %s\n}\n",
-			port, brPort, ttl, rules, upstream))
-	}
-	if s.remote, err = remote("remote", rPort, o.remoteTTL); err != nil {
-		return nil, err
-	}
-	if s.remoteNoCache, err = remote("remote-nocache", r0Port, 0); err != nil {
-		return nil, err
-	}
-	logf("registering %d agents at the remote broker", o.tokens)
-	rAgents, err := s.remoteBroker.register(ctx, o.tokens, scope)
-	if err != nil {
-		return nil, fmt.Errorf("register (remote): %w", err)
-	}
-	s.targets["remote"] = target{name: "remote", url: "http://127.0.0.1:" + rPort + "/orders/", tokens: toks(rAgents), proc: s.remote}
-	s.targets["remote-nocache"] = target{name: "remote-nocache", url: "http://127.0.0.1:" + r0Port + "/orders/", tokens: toks(rAgents), proc: s.remoteNoCache}
-	return s, nil
-}
-
 func run(ctx context.Context, ps *procs, o options) error {
 	if o.fleet > 0 {
 		return runFleet(ctx, ps, o)
 	}
 	s, err := start(ctx, ps, o)
+	defer s.cleanup(ps) // after an error too: what started must stop
 	if err != nil {
 		return err
 	}
 	if o.soak > 0 {
 		return soak(ctx, ps, s, o)
 	}
-	return compare(ctx, s, o)
+	if err := compare(ctx, s, o); err != nil {
+		return err
+	}
+	if t, ok := s.targets["remote-local"]; ok && o.revocations > 0 {
+		if err := localLag(ctx, s, t, o.revocations); err != nil {
+			return err
+		}
+	}
+	if o.flood > 0 {
+		return flood(ctx, s, o)
+	}
+	return nil
 }
 
 // sliceWarmup is the uncounted start of each slice: the gateway just
@@ -252,12 +176,17 @@ func compare(ctx context.Context, s *setup, o options) error {
 	for _, n := range names {
 		if t := s.targets[n]; n != "plain" && !strings.HasSuffix(n, "+junk") && len(t.tokens) > 0 {
 			start := time.Now()
-			if err := warmTokens(ctx, t, o.conns); err != nil {
+			conns := o.conns
+			if strings.HasPrefix(n, "remote") {
+				conns = min(conns, 4) // within the per-client bound on calls in flight
+			}
+			if err := warmTokens(ctx, t, conns); err != nil {
 				return err
 			}
 			logf("%s: sent each of %d tokens once in %v", n, len(t.tokens), time.Since(start).Round(time.Millisecond))
 		}
 	}
+	calls0 := brokerCalls(ctx, s, names)
 	nSlices := max(1, int(o.duration/o.slice))
 	roundTime := time.Duration(len(names)) * (o.slice + sliceWarmup) * time.Duration(nSlices)
 	for r := 1; r <= o.rounds; r++ {
@@ -305,5 +234,28 @@ func compare(ctx context.Context, s *setup, o options) error {
 		}
 	}
 	report(os.Stdout, names, samples, rss0, s, o)
+	calls1 := brokerCalls(ctx, s, names)
+	for _, n := range names {
+		if c, ok := calls1[n]; ok {
+			fmt.Printf("broker validate calls of %s during the rounds: %.0f\n", n, c-calls0[n])
+		}
+	}
 	return nil
+}
+
+// brokerCalls reads, for each remote gateway among names, how many
+// /v1/token/validate calls it has made.
+func brokerCalls(ctx context.Context, s *setup, names []string) map[string]float64 {
+	calls := map[string]float64{}
+	for _, n := range names {
+		if t := s.targets[n]; strings.HasPrefix(n, "remote") && !strings.HasSuffix(n, "+junk") && t.metrics != 0 {
+			c, err := metric(ctx, t.metrics, "agentwrit_gateway_remote_calls_total")
+			if err != nil {
+				logf("%s: %v", n, err)
+				continue
+			}
+			calls[n] = c
+		}
+	}
+	return calls
 }

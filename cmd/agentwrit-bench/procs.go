@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -190,3 +191,27 @@ func (p *proc) cpuTime() time.Duration {
 
 // clockTicks is USER_HZ, which Linux fixes at 100 for user space.
 const clockTicks = 100
+
+// metric sums the samples of the metric name on the metrics site at port.
+func metric(ctx context.Context, port int, name string) (float64, error) {
+	req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://127.0.0.1:%d/metrics", port), nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("scrape %s: %w", name, err)
+	}
+	defer resp.Body.Close()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if rest, ok := strings.CutPrefix(line, name); ok && rest != "" && (rest[0] == ' ' || rest[0] == '{') {
+			v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+			if err != nil {
+				return 0, fmt.Errorf("scrape %s: %q: %w", name, line, err)
+			}
+			sum += v
+		}
+	}
+	return sum, sc.Err()
+}
