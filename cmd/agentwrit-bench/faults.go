@@ -40,7 +40,7 @@ func (w *faultWindows) explains(replica int, now time.Time) (killed, db bool) {
 type faultCounts struct {
 	ok, refused, explained, unexplained atomic.Int64
 	late, beyondBound                   atomic.Int64 // allowed more than 1 s, and more than broker.DefaultMaxStaleness, after a revocation
-	firstUnexplained                          atomic.Value // string
+	firstUnexplained                    atomic.Value // string
 }
 
 func (c *faultCounts) fail(format string, args ...any) {
