@@ -31,16 +31,21 @@ type faultWindows struct {
 	dbTill     atomic.Int64 // 503s and failed writes are expected until then
 }
 
-func (w *faultWindows) explains(replica int, now time.Time) (killed, db bool) {
-	killed = int(w.killed.Load()) == replica+1 || now.UnixNano() < w.killedTill.Load() && int(w.killed.Load()) == -(replica+1)
-	return killed, now.UnixNano() < w.dbTill.Load()
+// explains says whether replica is down (killed), was restarted within
+// faultGrace (restarting), and whether the database is or just was
+// restarting (db).
+func (w *faultWindows) explains(replica int, now time.Time) (killed, restarting, db bool) {
+	killed = int(w.killed.Load()) == replica+1
+	restarting = now.UnixNano() < w.killedTill.Load() && int(w.killed.Load()) == -(replica+1)
+	return killed, restarting, now.UnixNano() < w.dbTill.Load()
 }
 
 // faultCounts are what the faults phase saw, per replica.
 type faultCounts struct {
-	ok, refused, explained, unexplained atomic.Int64
-	late, beyondBound                   atomic.Int64 // allowed more than 1 s, and more than broker.DefaultMaxStaleness, after a revocation
-	firstUnexplained                    atomic.Value // string
+	ok, refused, unexplained          atomic.Int64
+	whileDown, afterRestart, duringDB atomic.Int64 // failures a fault explains
+	late, beyondBound                 atomic.Int64 // allowed more than 1 s, and more than broker.DefaultMaxStaleness, after a revocation
+	firstUnexplained                  atomic.Value // string
 }
 
 func (c *faultCounts) fail(format string, args ...any) {
@@ -69,6 +74,11 @@ func fleetFaults(ctx context.Context, ps *procs, rs []*replica, pgRestart string
 		sync.Mutex
 		agents []agent
 	}
+	// pending holds the tokens whose revoke call was made and has not
+	// returned (or failed, so that whether it committed is unknown): a 401
+	// for one of them is no failure.
+	var pending sync.Map
+	isPending := func(tok string) bool { _, ok := pending.Load(tok); return ok }
 	var win faultWindows
 	counts := make([]faultCounts, len(rs))
 	lctx, stop := context.WithCancel(ctx)
@@ -89,15 +99,17 @@ func fleetFaults(ctx context.Context, ps *procs, rs []*replica, pgRestart string
 				if lctx.Err() != nil {
 					return
 				}
-				killed, db := win.explains(i, time.Now())
+				killed, restarting, db := win.explains(i, time.Now())
 				deadAt, dead := pool.deadSince(a.Token)
 				switch {
-				case err != nil || st == http.StatusBadGateway:
-					if killed {
-						c.explained.Add(1)
-					} else {
-						c.fail("replica-%d: %d %v", i, st, err)
-					}
+				case (err != nil || st == http.StatusServiceUnavailable) && killed:
+					c.whileDown.Add(1)
+				case (err != nil || st == http.StatusServiceUnavailable) && restarting:
+					c.afterRestart.Add(1)
+				case st == http.StatusServiceUnavailable && db:
+					c.duringDB.Add(1)
+				case err != nil:
+					c.fail("replica-%d: %v", i, err)
 				case st == http.StatusOK:
 					c.ok.Add(1)
 					if dead && start.After(deadAt.Add(time.Second)) {
@@ -106,10 +118,8 @@ func fleetFaults(ctx context.Context, ps *procs, rs []*replica, pgRestart string
 					if dead && start.After(deadAt.Add(broker.DefaultMaxStaleness)) {
 						c.beyondBound.Add(1) // beyond what bounded staleness allows, ever
 					}
-				case st == http.StatusUnauthorized && dead:
+				case st == http.StatusUnauthorized && (dead || isPending(a.Token)):
 					c.refused.Add(1)
-				case st == http.StatusServiceUnavailable && (db || killed):
-					c.explained.Add(1)
 				default:
 					c.fail("replica-%d: status %d (token dead: %v)", i, st, dead)
 				}
@@ -138,7 +148,7 @@ func fleetFaults(ctx context.Context, ps *procs, rs []*replica, pgRestart string
 			case <-tick.C:
 			}
 			i := randInt(len(rs))
-			if k, _ := win.explains(i, time.Now()); k {
+			if k, _, _ := win.explains(i, time.Now()); k {
 				continue
 			}
 			if a, err := rs[i].broker.registerOneNew(lctx); err == nil {
@@ -149,8 +159,12 @@ func fleetFaults(ctx context.Context, ps *procs, rs []*replica, pgRestart string
 			}
 			if n%2 == 0 {
 				if v, ok := pool.victim(); ok {
+					pending.Store(v.Token, true)
 					if err := rs[i].broker.revoke(lctx, admins[i], v.JTI); err == nil {
 						pool.kill(v.Token, time.Now())
+						pending.Delete(v.Token)
+					} else {
+						pool.drop(v.Token) // revoked or not: no longer sent, never counted
 					}
 				}
 			}
@@ -257,8 +271,8 @@ func faultReport(ctx context.Context, rs []*replica, admins []*client.Client, po
 	for i := range counts {
 		c := &counts[i]
 		first, _ := c.firstUnexplained.Load().(string)
-		fmt.Printf("  replica-%d gateway: ok %d, revoked refused %d, failures a fault explains %d, unexplained %d %s, allowed after revocation: >1 s %d, >%s %d\n",
-			i, c.ok.Load(), c.refused.Load(), c.explained.Load(), c.unexplained.Load(), first, c.late.Load(), broker.DefaultMaxStaleness, c.beyondBound.Load())
+		fmt.Printf("  replica-%d gateway: ok %d, revoked refused %d; failed while killed %d, within %s of its restart %d, 503 while the database restarted (+%s) %d; unexplained %d %s; allowed after revocation: >1 s %d, >%s %d\n",
+			i, c.ok.Load(), c.refused.Load(), c.whileDown.Load(), faultGrace, c.afterRestart.Load(), faultGrace, c.duringDB.Load(), c.unexplained.Load(), first, c.late.Load(), broker.DefaultMaxStaleness, c.beyondBound.Load())
 		failed = failed || c.unexplained.Load() > 0 || c.beyondBound.Load() > 0
 	}
 	fmt.Printf("  acknowledged registrations %d, lost %d; acknowledged revocations %d, not refused by some replica %d; audit chain intact %v (%d events)\n",

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,6 +70,13 @@ func (p *soakPool) kill(tok string, at time.Time) {
 			return
 		}
 	}
+}
+
+// drop takes tok out of the pool altogether.
+func (p *soakPool) drop(tok string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.live = slices.DeleteFunc(p.live, func(a agent) bool { return a.Token == tok })
 }
 
 // soakCounters are the invariants the soak checks.
