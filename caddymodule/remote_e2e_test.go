@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/brokertest"
 	"github.com/caddy-agentwrit/caddy-agentwrit/caddymodule"
 )
 
@@ -44,7 +45,7 @@ http://127.0.0.1:%d {
 func (e *env) revoke(tok string) {
 	e.t.Helper()
 	resp, m := call(e.t, "POST", e.brokerURL("/v1/revoke"), e.adminToken(),
-		map[string]string{"level": "token", "target": caddymodule.TokenJTI(e.t, tok)})
+		map[string]string{"level": "token", "target": brokertest.JTI(e.t, tok)})
 	require.Equal(e.t, 200, resp.StatusCode, m)
 }
 
@@ -126,27 +127,27 @@ func TestRemoteE2ESameCaddy(t *testing.T) {
 // against a broker that requires a client certificate.
 func TestRemoteE2EMutualTLS(t *testing.T) {
 	pki := caddymodule.NewTestPKI(t)
-	tb := caddymodule.NewTestBroker(t, pki.ServerTLS)
+	tb := brokertest.New(t, brokertest.Options{TLS: pki.ServerTLS})
 	e := newEnv(t, "")
-	_, tok := tb.Agent("read:orders:42")
+	tok := tb.Agent(t, "read:orders:42").Token
 	rules := "\t\trequire GET /orders/{id} read:orders:{id}\n"
 	require.NoError(t, e.load(e.remoteGateway(fmt.Sprintf(`		broker %s {
 			cache_ttl 1s
 			tls_ca %s
 			tls_client_cert %s %s
 		}
-`, tb.Server.URL, pki.CAFile, pki.ClientCertFile, pki.ClientKeyFile)+rules)))
+`, tb.URL, pki.CAFile, pki.ClientCertFile, pki.ClientKeyFile)+rules)))
 	requireStatus(t, 200, "GET", e.gatewayURL("/orders/42"), tok)
 	requireStatus(t, 403, "GET", e.gatewayURL("/orders/7"), tok)
 	requireStatus(t, 401, "GET", e.gatewayURL("/orders/42"), "")
-	tb.RevokeToken(tok)
+	tb.RevokeToken(t, tok)
 	pollStatus(t, e.gatewayURL("/orders/42"), tok, 401, 3*time.Second, 200)
 
 	// Without the client certificate the broker refuses the handshake:
 	// nothing validates, everything is 503.
-	_, tok2 := tb.Agent("read:orders:42")
+	tok2 := tb.Agent(t, "read:orders:42").Token
 	hits := e.backend.count()
-	require.NoError(t, e.load(e.remoteGateway(fmt.Sprintf("\t\tbroker %s {\n\t\t\ttls_ca %s\n\t\t}\n", tb.Server.URL, pki.CAFile)+rules)))
+	require.NoError(t, e.load(e.remoteGateway(fmt.Sprintf("\t\tbroker %s {\n\t\t\ttls_ca %s\n\t\t}\n", tb.URL, pki.CAFile)+rules)))
 	resp, _ := requireStatus(t, 503, "GET", e.gatewayURL("/orders/42"), tok2)
 	require.NotEmpty(t, resp.Header.Get("Retry-After"))
 	require.Equal(t, hits, e.backend.count(), "nothing unconfirmed reached the backend")
@@ -155,16 +156,16 @@ func TestRemoteE2EMutualTLS(t *testing.T) {
 // TestRemoteE2EFaults: broker failures through Caddy are 503 with
 // Retry-After, never an allow, and the gateway recovers by itself.
 func TestRemoteE2EFaults(t *testing.T) {
-	f := caddymodule.NewFakeBroker(t)
+	f := brokertest.NewFakeBroker(t)
 	e := newEnv(t, "")
 	require.NoError(t, e.load(e.remoteGateway(fmt.Sprintf(`		broker %s {
 			timeout 300ms
 		}
 		require GET /orders/{id} read:orders:{id}
 `, f.Server.URL))))
-	tok := caddymodule.FakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
+	tok := brokertest.FakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
 	for name, answer := range map[string]func(http.ResponseWriter, *http.Request, []byte){
-		"500": caddymodule.FakeStatus(500), "malformed": caddymodule.FakeBody(`{"valid":`), "hang": f.Hang,
+		"500": brokertest.FakeStatus(500), "malformed": brokertest.FakeBody(`{"valid":`), "hang": f.Hang,
 	} {
 		f.Set(answer)
 		resp, m := requireStatus(t, 503, "GET", e.gatewayURL("/orders/42"), tok)
@@ -177,12 +178,12 @@ func TestRemoteE2EFaults(t *testing.T) {
 	require.Equal(t, 2.0, e.metric("agentwrit_gateway_remote_calls_total", `outcome="error"`))
 	require.Equal(t, 3.0, e.metric("agentwrit_gateway_decisions_total", `reason="broker_unavailable"`))
 
-	f.Set(caddymodule.FakeBody(`{"valid":false,"error":"token is invalid or expired"}`))
+	f.Set(brokertest.FakeBody(`{"valid":false,"error":"token is invalid or expired"}`))
 	resp, _ := requireStatus(t, 401, "GET", e.gatewayURL("/orders/42"), tok)
 	require.Equal(t, `Bearer realm="agentwrit", error="invalid_token"`, resp.Header.Get("WWW-Authenticate"))
 
-	other := caddymodule.FakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
-	f.Set(caddymodule.FakeValid)
+	other := brokertest.FakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
+	f.Set(brokertest.FakeValid)
 	requireStatus(t, 200, "GET", e.gatewayURL("/orders/42"), other)
 	require.Equal(t, 1, e.backend.count())
 }

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"net/http"
 	"testing"
 	"time"
@@ -10,16 +11,18 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/brokertest"
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker/remote"
 )
 
 // localGateway is a gateway in verify local mode against tb, with an app
 // registered for it.
-func localGateway(t testing.TB, tb *TestBroker, staleness time.Duration) *gateway {
+func localGateway(t testing.TB, tb *brokertest.Server, staleness time.Duration) *gateway {
 	t.Helper()
-	app := tb.call("POST", "/v1/admin/apps", tb.admin, map[string]any{"name": "gateway", "scopes": []string{broker.FeedScope}}, 201)
-	return newGateway(t, &RemoteBroker{URL: tb.Server.URL, Verify: VerifyLocal, Timeout: caddy.Duration(10 * time.Second),
-		ClientID: app["client_id"].(string), ClientSecret: app["client_secret"].(string), MaxStaleness: caddy.Duration(staleness)})
+	app, err := tb.Admin(t).CreateApp(context.Background(), broker.AppRequest{Name: "gateway", Scopes: []string{broker.FeedScope}})
+	require.NoError(t, err)
+	return newGateway(t, &RemoteBroker{URL: tb.URL, Verify: VerifyLocal, Timeout: caddy.Duration(10 * time.Second),
+		ClientID: app.ClientID, ClientSecret: app.ClientSecret, MaxStaleness: caddy.Duration(staleness)})
 }
 
 // until repeats a request until it answers want; every answer before
@@ -42,8 +45,8 @@ func (g *gateway) until(t testing.TB, path, tok string, want int, allowed ...int
 // enforced routes are 503 until the feed has synchronized, then decided
 // from memory (no validate call); a revocation is refused at once.
 func TestRemoteLocalGateway(t *testing.T) {
-	tb := NewTestBroker(t, nil)
-	_, tok := tb.Agent("read:orders:42")
+	tb := brokertest.New(t, brokertest.Options{})
+	tok := tb.Agent(t, "read:orders:42").Token
 	g := localGateway(t, tb, 0)
 	connects := g.metric("agentwrit_gateway_feed_connects_total", "") // the process's counter
 
@@ -53,7 +56,7 @@ func TestRemoteLocalGateway(t *testing.T) {
 	requireInvalid(t, g.get("/orders/42", tok[:len(tok)-4]+"AAAA"))
 	require.Equal(t, http.StatusOK, g.get("/healthz", "").status)
 
-	tb.RevokeToken(tok)
+	tb.RevokeToken(t, tok)
 	g.until(t, "/orders/42", tok, http.StatusUnauthorized, http.StatusOK)
 	require.Equal(t, 1.0, g.metric("agentwrit_gateway_decisions_total", "revoked"))
 
@@ -64,9 +67,9 @@ func TestRemoteLocalGateway(t *testing.T) {
 // TestRemoteLocalNoFeed: verify local against an upstream-like broker is
 // 503 with Retry-After, never an allow.
 func TestRemoteLocalNoFeed(t *testing.T) {
-	f := NewFakeBroker(t)
+	f := brokertest.NewFakeBroker(t)
 	g := newGateway(t, &RemoteBroker{URL: f.Server.URL, Verify: VerifyLocal, ClientID: "gw", ClientSecret: "upstream-secret"})
-	tok := FakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
+	tok := brokertest.FakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
 	for range 5 {
 		requireUnavailable(t, g.get("/orders/42", tok))
 	}
@@ -117,8 +120,8 @@ func TestRemoteHealthMetrics(t *testing.T) {
 // revocations, no call. It should cost what BenchmarkHandlerAllowed
 // (embedded) does.
 func BenchmarkHandlerAllowedRemoteLocal(b *testing.B) {
-	tb := NewTestBroker(b, nil)
-	_, tok := tb.Agent("read:orders:*")
+	tb := brokertest.New(b, brokertest.Options{})
+	tok := tb.Agent(b, "read:orders:*").Token
 	g := localGateway(b, tb, time.Hour)
 	g.until(b, "/orders/42", tok, http.StatusOK, http.StatusServiceUnavailable)
 	g.benchAllowed(b, tok)

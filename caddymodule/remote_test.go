@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/brokertest"
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker/remote"
 	"github.com/caddy-agentwrit/caddy-agentwrit/scopemap"
 )
@@ -260,9 +261,9 @@ func TestRemoteCaddyfile(t *testing.T) {
 // validator's answers become statuses (503 with Retry-After when the
 // broker fails, 401 for its "no") and Prometheus counters.
 func TestRemoteGateway(t *testing.T) {
-	tb := NewTestBroker(t, nil)
-	_, tok := tb.Agent("read:orders:42")
-	g := newGateway(t, &RemoteBroker{URL: tb.Server.URL, CacheTTL: dur(time.Second)})
+	tb := brokertest.New(t, brokertest.Options{})
+	tok := tb.Agent(t, "read:orders:42").Token
+	g := newGateway(t, &RemoteBroker{URL: tb.URL, CacheTTL: dur(time.Second)})
 	keysBefore := g.metric("agentwrit_gateway_jwks_refreshes_total", "ok") // the process's counter
 
 	r := g.get("/orders/42", tok)
@@ -298,22 +299,22 @@ func TestRemoteGateway(t *testing.T) {
 	require.Equal(t, 1.0, g.metric("agentwrit_gateway_jwks_refreshes_total", "ok")-keysBefore, "the key set is fetched once")
 
 	t.Run("a failing broker is 503 with Retry-After, never an allow", func(t *testing.T) {
-		f := NewFakeBroker(t)
+		f := brokertest.NewFakeBroker(t)
 		g := newGateway(t, &RemoteBroker{URL: f.Server.URL, Timeout: caddy.Duration(300 * time.Millisecond)})
-		f.Set(FakeStatus(500))
-		tok := FakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
+		f.Set(brokertest.FakeStatus(500))
+		tok := brokertest.FakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
 		requireUnavailable(t, g.get("/orders/42", tok))
-		f.Set(FakeBody(`{"valid":false,"Valid":true}`))
+		f.Set(brokertest.FakeBody(`{"valid":false,"Valid":true}`))
 		requireUnavailable(t, g.get("/orders/42", tok), "a case-variant key is malformed, not a yes")
 		f.Set(f.Hang)
 		requireUnavailable(t, g.get("/orders/42", tok))
 		require.Equal(t, 2.0, g.calls("error"))
 		require.Equal(t, 1.0, g.calls("timeout"))
 		require.Equal(t, 3.0, g.metric("agentwrit_gateway_decisions_total", "broker_unavailable"))
-		f.Set(FakeBody(`{"valid":false}`))
+		f.Set(brokertest.FakeBody(`{"valid":false}`))
 		requireInvalid(t, g.get("/orders/42", tok))
-		f.Set(FakeValid)
-		r := g.get("/orders/42", FakeToken(t, time.Now().Add(time.Hour), "read:orders:42"))
+		f.Set(brokertest.FakeValid)
+		r := g.get("/orders/42", brokertest.FakeToken(t, time.Now().Add(time.Hour), "read:orders:42"))
 		require.Equal(t, http.StatusOK, r.status)
 		require.True(t, r.forwarded)
 	})
@@ -356,31 +357,13 @@ func TestRemoteMetrics(t *testing.T) {
 // BenchmarkHandlerAllowedRemote is BenchmarkHandlerAllowed in remote mode
 // with the token's answer cached: the remote gateway's hot path.
 func BenchmarkHandlerAllowedRemote(b *testing.B) {
-	f := NewFakeBroker(b)
+	f := brokertest.NewFakeBroker(b)
 	g := newGateway(b, &RemoteBroker{URL: f.Server.URL})
-	g.benchAllowed(b, FakeToken(b, time.Now().Add(time.Hour), "read:orders:*"))
+	g.benchAllowed(b, brokertest.FakeToken(b, time.Now().Add(time.Hour), "read:orders:*"))
 	if f.Calls() != 1 {
 		b.Fatalf("%d broker calls, want 1", f.Calls())
 	}
 }
 
-// benchAllowed measures an allowed GET /orders/42 with tok: rule lookup,
-// template expansion, validation, scope check, identity headers and
-// placeholders. The next handler does nothing.
-func (g *gateway) benchAllowed(b *testing.B, tok string) {
-	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
-	req := httptest.NewRequest("GET", "/orders/42", nil)
-	req.Header.Set("Authorization", "Bearer "+tok)
-	w := httptest.NewRecorder()
-	b.ReportAllocs()
-	b.ResetTimer()
-	for b.Loop() {
-		r := req.Clone(context.WithValue(req.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
-		if err := g.h.ServeHTTP(w, r, next); err != nil {
-			b.Fatal(err)
-		}
-		if r.Header.Get(HeaderAgentID) == "" {
-			b.Fatalf("request was not allowed: %d %s", w.Code, w.Body.String())
-		}
-	}
-}
+// benchAllowed is benchRequests on the gateway's handler.
+func (g *gateway) benchAllowed(b *testing.B, tok string) { benchRequests(b, g.h, tok) }

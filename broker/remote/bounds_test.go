@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/brokertest"
 )
 
 // Validate mode under attack and against a broker that misbehaves: the
@@ -27,7 +28,7 @@ import (
 func TestSignatureBeforeCall(t *testing.T) {
 	ctx := context.Background()
 	tb := newTestBroker(t, nil)
-	_, tok := tb.agent("read:orders:42")
+	tok := tb.Agent(t, "read:orders:42").Token
 	v, rec := newTestValidator(t, cached(Options{URL: tb.Server.URL}))
 	c, err := v.Validate(ctx, tok)
 	requireValid(t, tok, c, err)
@@ -44,17 +45,17 @@ func TestSignatureBeforeCall(t *testing.T) {
 	require.LessOrEqual(t, rec.keysOK.Load(), int64(3), "the key set is not fetched per token")
 
 	// Against an upstream broker (no JWKS) the broker decides, as before.
-	f := newFakeBroker(t)
+	f := brokertest.NewFakeBroker(t)
 	up, _ := newTestValidator(t, cached(Options{URL: f.Server.URL}))
-	ft := fakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
+	ft := brokertest.FakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
 	c, err = up.Validate(ctx, ft)
 	requireValid(t, ft, c, err)
 	require.EqualValues(t, 1, f.Calls())
-	require.EqualValues(t, 1, f.jwksCalls.Load())
+	require.EqualValues(t, 1, f.JWKSCalls())
 	for range 5 {
-		_, _ = up.Validate(ctx, fakeToken(t, time.Now().Add(time.Hour), "read:orders:42"))
+		_, _ = up.Validate(ctx, brokertest.FakeToken(t, time.Now().Add(time.Hour), "read:orders:42"))
 	}
-	require.EqualValues(t, 1, f.jwksCalls.Load(), "a 404 is remembered")
+	require.EqualValues(t, 1, f.JWKSCalls(), "a 404 is remembered")
 }
 
 // TestBreaker: a broker that answers 5xx or times out is asked
@@ -65,57 +66,57 @@ func TestSignatureBeforeCall(t *testing.T) {
 func TestBreaker(t *testing.T) {
 	ctx := context.Background()
 	exp := time.Now().Add(time.Hour)
-	for name, failure := range map[string]func(f *fakeBroker) func(http.ResponseWriter, *http.Request, []byte){
-		"500":     func(*fakeBroker) func(http.ResponseWriter, *http.Request, []byte) { return fakeStatus(500) },
-		"429":     func(*fakeBroker) func(http.ResponseWriter, *http.Request, []byte) { return fakeStatus(429) },
-		"timeout": func(f *fakeBroker) func(http.ResponseWriter, *http.Request, []byte) { return f.Hang },
+	for name, failure := range map[string]func(f *brokertest.FakeBroker) brokertest.FakeAnswer{
+		"500":     func(*brokertest.FakeBroker) brokertest.FakeAnswer { return brokertest.FakeStatus(500) },
+		"429":     func(*brokertest.FakeBroker) brokertest.FakeAnswer { return brokertest.FakeStatus(429) },
+		"timeout": func(f *brokertest.FakeBroker) brokertest.FakeAnswer { return f.Hang },
 	} {
 		t.Run(name, func(t *testing.T) {
-			f := newFakeBroker(t)
+			f := brokertest.NewFakeBroker(t)
 			v, rec := newTestValidator(t, cached(Options{URL: f.Server.URL, Timeout: 200 * time.Millisecond}))
 			v.gate.breaker.min, v.gate.breaker.max = 200*time.Millisecond, 400*time.Millisecond
 			f.Set(failure(f))
 			for range 20 {
-				c, err := v.Validate(ctx, fakeToken(t, exp, "read:orders:42"))
+				c, err := v.Validate(ctx, brokertest.FakeToken(t, exp, "read:orders:42"))
 				requireUnavailable(t, c, err)
 			}
 			require.EqualValues(t, breakerThreshold, f.Calls(), "calls stop once the breaker is open")
 			require.EqualValues(t, 1, rec.breakerOpened.Load())
-			_, err := v.Validate(ctx, fakeToken(t, exp, "read:orders:42"))
+			_, err := v.Validate(ctx, brokertest.FakeToken(t, exp, "read:orders:42"))
 			require.ErrorIs(t, err, errBreakerOpen)
 
 			// Still failing: the probe reopens it, for longer.
 			eventually(t, 5*time.Second, func() bool {
-				_, _ = v.Validate(ctx, fakeToken(t, exp, "read:orders:42"))
+				_, _ = v.Validate(ctx, brokertest.FakeToken(t, exp, "read:orders:42"))
 				return f.Calls() > breakerThreshold
 			}, "a probe")
 			for range 5 {
-				_, err := v.Validate(ctx, fakeToken(t, exp, "read:orders:42"))
+				_, err := v.Validate(ctx, brokertest.FakeToken(t, exp, "read:orders:42"))
 				require.ErrorIs(t, err, errBreakerOpen)
 			}
 			require.EqualValues(t, breakerThreshold+1, f.Calls(), "one probe, not a burst")
 			require.EqualValues(t, 2, rec.breakerOpened.Load())
 
-			f.Set(fakeValid)
+			f.Set(brokertest.FakeValid)
 			eventually(t, 5*time.Second, func() bool {
-				tok := fakeToken(t, exp, "read:orders:42")
+				tok := brokertest.FakeToken(t, exp, "read:orders:42")
 				c, err := v.Validate(ctx, tok)
 				return err == nil && c.Jti == tokenJTI(t, tok)
 			}, "calls resume after the backoff")
 			calls := f.Calls()
 			for range 10 {
-				_, err := v.Validate(ctx, fakeToken(t, exp, "read:orders:42"))
+				_, err := v.Validate(ctx, brokertest.FakeToken(t, exp, "read:orders:42"))
 				require.NoError(t, err)
 			}
 			require.Equal(t, calls+10, f.Calls(), "closed again")
 		})
 	}
 	t.Run("4xx does not open it", func(t *testing.T) {
-		f := newFakeBroker(t)
+		f := brokertest.NewFakeBroker(t)
 		v, rec := newTestValidator(t, cached(Options{URL: f.Server.URL}))
-		f.Set(fakeStatus(400))
+		f.Set(brokertest.FakeStatus(400))
 		for range 20 {
-			c, err := v.Validate(ctx, fakeToken(t, exp, "read:orders:42"))
+			c, err := v.Validate(ctx, brokertest.FakeToken(t, exp, "read:orders:42"))
 			requireUnavailable(t, c, err)
 		}
 		require.EqualValues(t, 20, f.Calls())
@@ -126,7 +127,7 @@ func TestBreaker(t *testing.T) {
 // slowBroker makes f answer after a release (or never, until the test
 // ends), counting the calls in flight: the highest count is returned by
 // peak.
-func slowBroker(f *fakeBroker, delay time.Duration, answer func(http.ResponseWriter, *http.Request, []byte)) (inFlight, peak *atomic.Int64) {
+func slowBroker(f *brokertest.FakeBroker, delay time.Duration, answer func(http.ResponseWriter, *http.Request, []byte)) (inFlight, peak *atomic.Int64) {
 	inFlight, peak = new(atomic.Int64), new(atomic.Int64)
 	f.Set(func(w http.ResponseWriter, r *http.Request, p []byte) {
 		n := inFlight.Add(1)
@@ -141,7 +142,7 @@ func slowBroker(f *fakeBroker, delay time.Duration, answer func(http.ResponseWri
 		case <-time.After(delay):
 			answer(w, r, p)
 		case <-r.Context().Done():
-		case <-f.stop:
+		case <-f.Done():
 		}
 	})
 	return inFlight, peak
@@ -156,9 +157,9 @@ func TestClientBound(t *testing.T) {
 	from := func(ip string) context.Context { return WithClientIP(context.Background(), ip) }
 
 	t.Run("in flight", func(t *testing.T) {
-		f := newFakeBroker(t)
+		f := brokertest.NewFakeBroker(t)
 		v, rec := newTestValidator(t, cached(Options{URL: f.Server.URL, Timeout: 5 * time.Second}))
-		_, peak := slowBroker(f, 300*time.Millisecond, fakeValid)
+		_, peak := slowBroker(f, 300*time.Millisecond, brokertest.FakeValid)
 		var wg sync.WaitGroup
 		errs := make(chan error, 40)
 		for i := range 40 {
@@ -182,12 +183,12 @@ func TestClientBound(t *testing.T) {
 	})
 
 	t.Run("per second", func(t *testing.T) {
-		f := newFakeBroker(t)
+		f := brokertest.NewFakeBroker(t)
 		v, _ := newTestValidator(t, cached(Options{URL: f.Server.URL, ClientCallRate: 1}))
 		refused := func(ip string, n int) int {
 			r := 0
 			for range n {
-				if _, err := v.Validate(from(ip), fakeToken(t, exp, "read:orders:42")); err != nil {
+				if _, err := v.Validate(from(ip), brokertest.FakeToken(t, exp, "read:orders:42")); err != nil {
 					require.ErrorIs(t, err, errClientBusy)
 					r++
 				}
@@ -202,7 +203,7 @@ func TestClientBound(t *testing.T) {
 
 		off, _ := newTestValidator(t, cached(Options{URL: f.Server.URL, ClientCallRate: -1}))
 		for range 40 {
-			_, err := off.Validate(from("10.3.3.3"), fakeToken(t, exp, "read:orders:42"))
+			_, err := off.Validate(from("10.3.3.3"), brokertest.FakeToken(t, exp, "read:orders:42"))
 			require.NoError(t, err)
 		}
 	})
@@ -214,14 +215,14 @@ func TestClientBound(t *testing.T) {
 // connection pool.
 func TestFloodSparesOthers(t *testing.T) {
 	exp := time.Now().Add(time.Hour)
-	f := newFakeBroker(t)
-	good := fakeToken(t, exp, "read:orders:42")
+	f := brokertest.NewFakeBroker(t)
+	good := brokertest.FakeToken(t, exp, "read:orders:42")
 	inFlight, peak := slowBroker(f, 200*time.Millisecond, func(w http.ResponseWriter, r *http.Request, p []byte) {
 		if strings.Contains(string(p), tokenJTI(t, good)) {
-			fakeValid(w, r, p)
+			brokertest.FakeValid(w, r, p)
 			return
 		}
-		fakeBody(`{"valid":false}`)(w, r, p)
+		brokertest.FakeBody(`{"valid":false}`)(w, r, p)
 	})
 	v, _ := newTestValidator(t, cached(Options{URL: f.Server.URL, Timeout: time.Second}))
 	flooder := WithClientIP(context.Background(), "203.0.113.66")
@@ -279,11 +280,11 @@ func TestForeignClaims(t *testing.T) {
 		"sid":              func(m map[string]any) { m["sid"] = "session" },
 	} {
 		t.Run(field, func(t *testing.T) {
-			f := newFakeBroker(t)
+			f := brokertest.NewFakeBroker(t)
 			var logs syncLog
 			v, rec := newTestValidator(t, cached(Options{URL: f.Server.URL, Logger: slog.New(slog.NewTextHandler(&logs, nil))}))
-			f.Set(fakeEdited(change))
-			tok := fakeToken(t, exp, "read:orders:42")
+			f.Set(brokertest.FakeEdited(change))
+			tok := brokertest.FakeToken(t, exp, "read:orders:42")
 			for range 6 {
 				c, err := v.Validate(ctx, tok)
 				requireUnavailable(t, c, err)
@@ -293,7 +294,7 @@ func TestForeignClaims(t *testing.T) {
 			require.Zero(t, rec.breakerOpened.Load())
 			require.Equal(t, 1, strings.Count(logs.String(), "remote broker answer refused"), "logged, but not every time")
 			require.Contains(t, logs.String(), "level=ERROR")
-			f.Set(fakeValid)
+			f.Set(brokertest.FakeValid)
 			c, err := v.Validate(ctx, tok)
 			requireValid(t, tok, c, err)
 		})

@@ -200,11 +200,11 @@ func kidOf(t *testing.T, tok string) string {
 // until then, fallback validates through the broker, which is safe).
 func TestLocalNoFeed(t *testing.T) {
 	ctx := context.Background()
-	f := newFakeBroker(t)
+	f := brokertest.NewFakeBroker(t)
 	var logs syncLog
 	v, _ := newTestValidator(t, Options{URL: f.Server.URL, Mode: ModeLocal, ClientID: "gw", ClientSecret: "upstream-secret",
 		Fallback: true, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	tok := fakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
+	tok := brokertest.FakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
 	eventually(t, 10*time.Second, func() bool { return errors.Is(v.local.ready(), errNoFeed) }, "the broker is known to have no feed")
 	calls := f.Calls()
 	for range 3 {

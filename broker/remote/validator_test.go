@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/brokertest"
 )
 
 // cached is o with the default cache settings where o gives none, as
@@ -37,7 +38,7 @@ func cached(o Options) Options {
 func TestRealBroker(t *testing.T) {
 	ctx := context.Background()
 	tb := newTestBroker(t, nil)
-	_, tok := tb.agent("read:orders:42")
+	tok := tb.Agent(t, "read:orders:42").Token
 	v, _ := newTestValidator(t, cached(Options{URL: tb.Server.URL, CacheTTL: time.Second}))
 
 	c, err := v.Validate(ctx, tok)
@@ -63,14 +64,14 @@ func TestRealBroker(t *testing.T) {
 	// Revocation is seen within CacheTTL (1s), not before the cache says so.
 	c, err = v.Validate(ctx, tok)
 	requireValid(t, tok, c, err)
-	tb.revokeToken(tok)
+	tb.RevokeToken(t, tok)
 	took := eventuallyRefused(t, v, tok, requireInvalid, "revocation seen through the cache")
 	require.LessOrEqual(t, took, 1500*time.Millisecond)
 	c, err = v.Validate(ctx, tok)
 	requireInvalid(t, c, err)
 
 	t.Run("CacheTTL 0 sees a revocation on the next validation", func(t *testing.T) {
-		_, tok := tb.agent("read:orders:42")
+		tok := tb.Agent(t, "read:orders:42").Token
 		v, _ := newTestValidator(t, Options{URL: tb.Server.URL, CacheTTL: 0, NegativeCacheTTL: DefaultNegativeCacheTTL})
 		require.Nil(t, v.cache)
 		for range 3 {
@@ -81,7 +82,7 @@ func TestRealBroker(t *testing.T) {
 		c, err := v.Validate(ctx, tok)
 		requireValid(t, tok, c, err)
 		require.Equal(t, before+1, tb.validations.Load(), "every validation asks")
-		tb.revokeToken(tok)
+		tb.RevokeToken(t, tok)
 		c, err = v.Validate(ctx, tok)
 		requireInvalid(t, c, err)
 	})
@@ -108,13 +109,13 @@ func TestMutualTLS(t *testing.T) {
 	ctx := context.Background()
 	pki := newTestPKI(t)
 	tb := newTestBroker(t, pki.ServerTLS)
-	_, tok := tb.agent("read:orders:42")
+	tok := tb.Agent(t, "read:orders:42").Token
 	v, _ := newTestValidator(t, cached(Options{URL: tb.Server.URL, TLS: clientTLS(t, pki, pki.CAFile, true)}))
 	c, err := v.Validate(ctx, tok)
 	requireValid(t, tok, c, err)
 	require.Equal(t, []string{"read:orders:42"}, c.Scope)
-	tb.revokeToken(tok)
-	_, tok2 := tb.agent("read:orders:42")
+	tb.RevokeToken(t, tok)
+	tok2 := tb.Agent(t, "read:orders:42").Token
 	c, err = v.Validate(ctx, tok2)
 	requireValid(t, tok2, c, err)
 
@@ -135,8 +136,8 @@ func TestMutualTLS(t *testing.T) {
 func TestFaults(t *testing.T) {
 	ctx := context.Background()
 	exp := time.Now().Add(time.Hour)
-	newFake := func(t *testing.T, o Options) (*fakeBroker, *Validator, *recorder) {
-		f := newFakeBroker(t)
+	newFake := func(t *testing.T, o Options) (*brokertest.FakeBroker, *Validator, *recorder) {
+		f := brokertest.NewFakeBroker(t)
 		o.URL = f.Server.URL
 		if o.Timeout == 0 {
 			o.Timeout = 300 * time.Millisecond
@@ -148,7 +149,7 @@ func TestFaults(t *testing.T) {
 	t.Run("broker down", func(t *testing.T) {
 		f, v, rec := newFake(t, Options{})
 		f.Server.Close()
-		c, err := v.Validate(ctx, fakeToken(t, exp, "read:orders:42"))
+		c, err := v.Validate(ctx, brokertest.FakeToken(t, exp, "read:orders:42"))
 		requireUnavailable(t, c, err)
 		require.EqualValues(t, 1, rec.outcomes(OutcomeError))
 	})
@@ -156,75 +157,78 @@ func TestFaults(t *testing.T) {
 		f, v, rec := newFake(t, Options{})
 		f.Set(f.Hang)
 		start := time.Now()
-		c, err := v.Validate(ctx, fakeToken(t, exp, "read:orders:42"))
+		c, err := v.Validate(ctx, brokertest.FakeToken(t, exp, "read:orders:42"))
 		requireUnavailable(t, c, err)
 		require.Less(t, time.Since(start), 2*time.Second, "the timeout bounds the wait")
 		require.EqualValues(t, 1, rec.outcomes(OutcomeTimeout))
 	})
 	bad := map[string]func(http.ResponseWriter, *http.Request, []byte){
-		"500":                 fakeStatus(500),
-		"502":                 fakeStatus(502),
-		"404":                 fakeStatus(404),
-		"400":                 fakeStatus(400),
+		"500":                 brokertest.FakeStatus(500),
+		"502":                 brokertest.FakeStatus(502),
+		"404":                 brokertest.FakeStatus(404),
+		"400":                 brokertest.FakeStatus(400),
 		"302":                 func(w http.ResponseWriter, r *http.Request, _ []byte) { http.Redirect(w, r, "/elsewhere", 302) },
-		"malformed JSON":      fakeBody(`{"valid":tru`),
-		"not JSON":            fakeBody(`<html>ok</html>`),
-		"empty body":          fakeBody(``),
-		"valid as string":     fakeBody(`{"valid":"true","claims":{}}`),
-		"no valid field":      fakeBody(`{"claims":{"sub":"x"}}`),
-		"valid, no claims":    fakeBody(`{"valid":true}`),
-		"valid, null claims":  fakeBody(`{"valid":true,"claims":null}`),
-		"valid, claims array": fakeBody(`{"valid":true,"claims":[]}`),
-		"trailing garbage":    func(w http.ResponseWriter, r *http.Request, p []byte) { fakeValid(w, r, p); w.Write([]byte(`{}`)) },
-		"claims of another token": fakeEdited(func(m map[string]any) {
+		"malformed JSON":      brokertest.FakeBody(`{"valid":tru`),
+		"not JSON":            brokertest.FakeBody(`<html>ok</html>`),
+		"empty body":          brokertest.FakeBody(``),
+		"valid as string":     brokertest.FakeBody(`{"valid":"true","claims":{}}`),
+		"no valid field":      brokertest.FakeBody(`{"claims":{"sub":"x"}}`),
+		"valid, no claims":    brokertest.FakeBody(`{"valid":true}`),
+		"valid, null claims":  brokertest.FakeBody(`{"valid":true,"claims":null}`),
+		"valid, claims array": brokertest.FakeBody(`{"valid":true,"claims":[]}`),
+		"trailing garbage": func(w http.ResponseWriter, r *http.Request, p []byte) {
+			brokertest.FakeValid(w, r, p)
+			w.Write([]byte(`{}`))
+		},
+		"claims of another token": brokertest.FakeEdited(func(m map[string]any) {
 			m["jti"] = "0000000000000000000000000000000f"
 		}),
-		"claims without sub":    fakeEdited(func(m map[string]any) { delete(m, "sub") }),
-		"claims of wrong types": fakeBody(`{"valid":true,"claims":{"sub":1,"jti":"x","exp":"soon"}}`),
+		"claims without sub":    brokertest.FakeEdited(func(m map[string]any) { delete(m, "sub") }),
+		"claims of wrong types": brokertest.FakeBody(`{"valid":true,"claims":{"sub":1,"jti":"x","exp":"soon"}}`),
 		// encoding/json would take the last of duplicate keys, and match
 		// "Valid" to the valid field: both would read as a yes.
-		"duplicate valid":      fakeBody(`{"valid":false,"valid":true}`),
-		"case-variant valid":   fakeBody(`{"valid":false,"Valid":true}`),
-		"duplicate claims key": fakeEdited(func(m map[string]any) { m["Sub"] = m["sub"] }),
+		"duplicate valid":      brokertest.FakeBody(`{"valid":false,"valid":true}`),
+		"case-variant valid":   brokertest.FakeBody(`{"valid":false,"Valid":true}`),
+		"duplicate claims key": brokertest.FakeEdited(func(m map[string]any) { m["Sub"] = m["sub"] }),
 	}
 	for name, answer := range bad {
 		t.Run(name, func(t *testing.T) {
 			f, v, _ := newFake(t, Options{})
 			f.Set(answer)
-			tok := fakeToken(t, exp, "read:orders:42")
+			tok := brokertest.FakeToken(t, exp, "read:orders:42")
 			c, err := v.Validate(ctx, tok)
 			requireUnavailable(t, c, err)
 			c, err = v.Validate(ctx, tok)
 			requireUnavailable(t, c, err)
 			require.EqualValues(t, 2, f.Calls(), "failures are not cached")
-			f.Set(fakeValid) // recovers on its own
+			f.Set(brokertest.FakeValid) // recovers on its own
 			c, err = v.Validate(ctx, tok)
 			requireValid(t, tok, c, err)
 		})
 	}
 	t.Run("valid:false is a definitive no, cached negatively", func(t *testing.T) {
 		f, v, rec := newFake(t, Options{NegativeCacheTTL: 300 * time.Millisecond})
-		f.Set(fakeBody(`{"valid":false,"error":"token is invalid or expired"}`))
-		tok := fakeToken(t, exp, "read:orders:42")
+		f.Set(brokertest.FakeBody(`{"valid":false,"error":"token is invalid or expired"}`))
+		tok := brokertest.FakeToken(t, exp, "read:orders:42")
 		c, err := v.Validate(ctx, tok)
 		requireInvalid(t, c, err)
 		c, err = v.Validate(ctx, tok)
 		requireInvalid(t, c, err)
 		require.EqualValues(t, 1, f.Calls())
 		require.EqualValues(t, 1, rec.outcomes(OutcomeInvalid))
-		f.Set(fakeValid)
+		f.Set(brokertest.FakeValid)
 		c, err = v.Validate(ctx, tok)
 		requireInvalid(t, c, err, "still negatively cached")
 		eventually(t, 2*time.Second, func() bool { _, err := v.Validate(ctx, tok); return err == nil }, "negative entry expires")
 	})
 	t.Run("refused tokens cannot push valid ones out of the cache", func(t *testing.T) {
 		f, v, _ := newFake(t, Options{CacheSize: 8})
-		good := fakeToken(t, exp, "read:orders:42")
+		good := brokertest.FakeToken(t, exp, "read:orders:42")
 		c, err := v.Validate(ctx, good)
 		requireValid(t, good, c, err)
-		f.Set(fakeBody(`{"valid":false}`))
+		f.Set(brokertest.FakeBody(`{"valid":false}`))
 		for range 50 { // six times the cache size, each refused and cached negatively
-			c, err := v.Validate(ctx, fakeToken(t, exp, "read:orders:42"))
+			c, err := v.Validate(ctx, brokertest.FakeToken(t, exp, "read:orders:42"))
 			requireInvalid(t, c, err)
 		}
 		calls := f.Calls()
@@ -244,9 +248,9 @@ func TestFaults(t *testing.T) {
 					return
 				}
 			}
-			fakeValid(w, r, p)
+			brokertest.FakeValid(w, r, p)
 		})
-		tok := fakeToken(t, exp, "read:orders:42")
+		tok := brokertest.FakeToken(t, exp, "read:orders:42")
 		for range 3 {
 			c, err := v.Validate(ctx, tok)
 			requireUnavailable(t, c, err)
@@ -258,10 +262,10 @@ func TestFaults(t *testing.T) {
 	})
 	t.Run("StaleIfError serves a recent positive answer, then fails closed", func(t *testing.T) {
 		f, v, rec := newFake(t, Options{CacheTTL: 200 * time.Millisecond, StaleIfError: time.Second})
-		tok := fakeToken(t, exp, "read:orders:42")
+		tok := brokertest.FakeToken(t, exp, "read:orders:42")
 		c, err := v.Validate(ctx, tok)
 		requireValid(t, tok, c, err)
-		f.Set(fakeStatus(500))
+		f.Set(brokertest.FakeStatus(500))
 		time.Sleep(300 * time.Millisecond) // past CacheTTL, within StaleIfError
 		c, err = v.Validate(ctx, tok)
 		requireValid(t, tok, c, err, "stale entry served while the broker fails")
@@ -269,11 +273,11 @@ func TestFaults(t *testing.T) {
 		require.EqualValues(t, 1, rec.outcomes(OutcomeError))
 		eventuallyRefused(t, v, tok, requireUnavailable, "stale window ends")
 		// An unknown token gets nothing from StaleIfError.
-		c, err = v.Validate(ctx, fakeToken(t, exp, "read:orders:42"))
+		c, err = v.Validate(ctx, brokertest.FakeToken(t, exp, "read:orders:42"))
 		requireUnavailable(t, c, err)
 		// A definitive no is never overridden by a stale yes.
-		tok2 := fakeToken(t, exp, "read:orders:42")
-		f.Set(fakeValid)
+		tok2 := brokertest.FakeToken(t, exp, "read:orders:42")
+		f.Set(brokertest.FakeValid)
 		// The failures opened the breaker: calls resume after its backoff.
 		eventually(t, 5*time.Second, func() bool {
 			c, err := v.Validate(ctx, tok2)
@@ -285,16 +289,16 @@ func TestFaults(t *testing.T) {
 			return true
 		}, "the breaker lets a call through again")
 		time.Sleep(300 * time.Millisecond)
-		f.Set(fakeBody(`{"valid":false,"error":"token is invalid or expired"}`))
+		f.Set(brokertest.FakeBody(`{"valid":false,"error":"token is invalid or expired"}`))
 		c, err = v.Validate(ctx, tok2)
 		requireInvalid(t, c, err)
 	})
 	t.Run("without StaleIfError an expired entry is not served", func(t *testing.T) {
 		f, v, _ := newFake(t, Options{CacheTTL: 200 * time.Millisecond})
-		tok := fakeToken(t, exp, "read:orders:42")
+		tok := brokertest.FakeToken(t, exp, "read:orders:42")
 		c, err := v.Validate(ctx, tok)
 		requireValid(t, tok, c, err)
-		f.Set(fakeStatus(503))
+		f.Set(brokertest.FakeStatus(503))
 		c, err = v.Validate(ctx, tok)
 		requireValid(t, tok, c, err, "fresh entry")
 		time.Sleep(300 * time.Millisecond)
@@ -303,10 +307,10 @@ func TestFaults(t *testing.T) {
 	})
 	t.Run("StaleIfError never outlives the token", func(t *testing.T) {
 		f, v, _ := newFake(t, Options{CacheTTL: time.Hour, StaleIfError: time.Hour})
-		tok := fakeToken(t, time.Now().Add(1500*time.Millisecond), "read:orders:42")
+		tok := brokertest.FakeToken(t, time.Now().Add(1500*time.Millisecond), "read:orders:42")
 		c, err := v.Validate(ctx, tok)
 		requireValid(t, tok, c, err)
-		f.Set(fakeStatus(500))
+		f.Set(brokertest.FakeStatus(500))
 		e, ok := v.cache.positive.Peek(broker.TokenHash(tok))
 		require.True(t, ok)
 		exp := time.Unix(e.claims.Exp, 0).UnixNano()
@@ -320,14 +324,14 @@ func TestFaults(t *testing.T) {
 // broker call; garbage costs none.
 func TestCoalescing(t *testing.T) {
 	ctx := context.Background()
-	f := newFakeBroker(t)
+	f := brokertest.NewFakeBroker(t)
 	release := make(chan struct{})
 	f.Set(func(w http.ResponseWriter, r *http.Request, p []byte) {
 		<-release
-		fakeValid(w, r, p)
+		brokertest.FakeValid(w, r, p)
 	})
 	v, rec := newTestValidator(t, cached(Options{URL: f.Server.URL}))
-	tok := fakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
+	tok := brokertest.FakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
 	var wg sync.WaitGroup
 	errs := make(chan error, 100)
 	for range 100 {
@@ -396,17 +400,17 @@ func TestCoalescing(t *testing.T) {
 // on the stack and allocates nothing.
 func TestCachedNoAlloc(t *testing.T) {
 	ctx := context.Background()
-	f := newFakeBroker(t)
+	f := brokertest.NewFakeBroker(t)
 	v, rec := newTestValidator(t, cached(Options{URL: f.Server.URL}))
-	tok := fakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
+	tok := brokertest.FakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
 	_, err := v.Validate(ctx, tok)
 	require.NoError(t, err)
 	allocs := testing.AllocsPerRun(1000, func() { _, err = v.Validate(ctx, tok) })
 	require.NoError(t, err)
 	require.Zero(t, allocs)
 
-	f.Set(fakeBody(`{"valid":false}`))
-	refused := fakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
+	f.Set(brokertest.FakeBody(`{"valid":false}`))
+	refused := brokertest.FakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
 	_, err = v.Validate(ctx, refused)
 	require.ErrorIs(t, err, broker.ErrInvalidToken)
 	allocs = testing.AllocsPerRun(1000, func() { _, err = v.Validate(ctx, refused) })
@@ -419,12 +423,12 @@ func TestCachedNoAlloc(t *testing.T) {
 // TestCacheBounds: the cache never holds more than CacheSize.
 func TestCacheBounds(t *testing.T) {
 	ctx := context.Background()
-	f := newFakeBroker(t)
+	f := brokertest.NewFakeBroker(t)
 	v, rec := newTestValidator(t, cached(Options{URL: f.Server.URL, CacheSize: 50}))
 	exp := time.Now().Add(time.Hour)
 	toks := make([]string, 200)
 	for i := range toks {
-		toks[i] = fakeToken(t, exp, "read:orders:42")
+		toks[i] = brokertest.FakeToken(t, exp, "read:orders:42")
 		c, err := v.Validate(ctx, toks[i])
 		requireValid(t, toks[i], c, err)
 		require.LessOrEqual(t, v.cache.positive.Len(), 50)
@@ -442,8 +446,8 @@ func TestCacheBounds(t *testing.T) {
 // TestNoBackgroundGoroutines: building and closing many validators (as
 // config reloads do) starts nothing that outlives them.
 func TestNoBackgroundGoroutines(t *testing.T) {
-	f := newFakeBroker(t)
-	tok := fakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
+	f := brokertest.NewFakeBroker(t)
+	tok := brokertest.FakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
 	before := runtime.NumGoroutine()
 	for range 50 {
 		v, err := New(cached(Options{URL: f.Server.URL}))
@@ -460,11 +464,11 @@ func TestNoBackgroundGoroutines(t *testing.T) {
 // TestRequestCancel: a waiter whose context ends stops waiting, without
 // cancelling the shared call for the others.
 func TestRequestCancel(t *testing.T) {
-	f := newFakeBroker(t)
+	f := brokertest.NewFakeBroker(t)
 	release := make(chan struct{})
-	f.Set(func(w http.ResponseWriter, r *http.Request, p []byte) { <-release; fakeValid(w, r, p) })
+	f.Set(func(w http.ResponseWriter, r *http.Request, p []byte) { <-release; brokertest.FakeValid(w, r, p) })
 	v, _ := newTestValidator(t, cached(Options{URL: f.Server.URL}))
-	tok := fakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
+	tok := brokertest.FakeToken(t, time.Now().Add(time.Hour), "read:orders:42")
 	done := make(chan error, 1)
 	go func() { _, err := v.Validate(context.Background(), tok); done <- err }()
 	eventually(t, 5*time.Second, func() bool { return f.Calls() == 1 }, "call in flight")
