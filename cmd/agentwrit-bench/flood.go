@@ -49,7 +49,9 @@ func floodOne(ctx context.Context, t target, fresh []agent, o options) error {
 	}
 	fctx, cancel := context.WithTimeout(ctx, o.flood)
 	defer cancel()
-	attacker := newClient(o.floodConns)
+	attacker := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{ // all from 127.0.0.1
+		MaxIdleConnsPerHost: o.floodConns, MaxConnsPerHost: o.floodConns,
+		DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}}).DialContext}}
 	var sent, refused, other atomic.Int64
 	var wg sync.WaitGroup
 	for range o.floodConns {

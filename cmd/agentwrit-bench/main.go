@@ -176,11 +176,7 @@ func compare(ctx context.Context, s *setup, o options) error {
 	for _, n := range names {
 		if t := s.targets[n]; n != "plain" && !strings.HasSuffix(n, "+junk") && len(t.tokens) > 0 {
 			start := time.Now()
-			conns := o.conns
-			if strings.HasPrefix(n, "remote") {
-				conns = min(conns, 4) // within the per-client bound on calls in flight
-			}
-			if err := warmTokens(ctx, t, conns); err != nil {
+			if err := warmTokens(ctx, t, o.conns); err != nil {
 				return err
 			}
 			logf("%s: sent each of %d tokens once in %v", n, len(t.tokens), time.Since(start).Round(time.Millisecond))
