@@ -29,17 +29,21 @@ type target struct {
 }
 
 // newClient is a client with exactly conns keep-alive connections, each
-// from an address of its own (127.0.0.10 on): connections are agents,
-// which a remote gateway's per-client bound counts apart.
+// from an address of its own: connections are agents, which a remote
+// gateway's per-client bound counts apart.
 func newClient(conns int) *http.Client {
+	tr := &http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, DisableCompression: true, DialContext: addressCycler()}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+// addressCycler dials each connection from the next of 127.0.0.10 on.
+func addressCycler() func(ctx context.Context, network, addr string) (net.Conn, error) {
 	var n atomic.Uint32
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		i := n.Add(1)
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, byte(i/200), byte(10+i%200))}}
 		return d.DialContext(ctx, network, addr)
 	}
-	tr := &http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, DisableCompression: true, DialContext: dial}
-	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
 }
 
 // sample is what load against one target measured in one round.

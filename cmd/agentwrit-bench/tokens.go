@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -20,8 +22,12 @@ type brokerClient struct {
 	scope  []string
 }
 
+// newBrokerClient's requests each come from another address, as agents'
+// would, so the broker's per-IP limits do not cap what the harness
+// registers.
 func newBrokerClient(url, secret string) (*brokerClient, error) {
-	c, err := client.New(url)
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: addressCycler()}}
+	c, err := client.New(url, client.WithHTTPClient(hc))
 	if err != nil {
 		return nil, err
 	}
