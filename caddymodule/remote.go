@@ -57,6 +57,8 @@ type RemoteBroker struct {
 	// (default 5s); 0 caches no negative answers.
 	NegativeCacheTTL *caddy.Duration `json:"negative_cache_ttl,omitempty"`
 	// Timeout bounds one validate call, connecting included (default 2s).
+	// The app login of verify local and usage reports wait for their
+	// answer up to 30s if that is longer: a login is a bcrypt on the broker.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 	// StaleIfError lets a cached "valid" answer be served up to this long
 	// past its cache TTL while the broker is unreachable, times out,

@@ -66,6 +66,7 @@ type follower struct {
 
 	secret      string
 	api, stream *client.Client
+	login       *client.Client // bounded by LoginTimeout
 	httpClients []*http.Client
 	timeout     time.Duration
 	keys        *keyring
@@ -119,9 +120,13 @@ func newFollower(id followerID, o *Options, v *Validator) (*follower, error) {
 	// The feed's first bytes follow its backlog; the stream has its own
 	// idle bound (client.FeedIdleTimeout) past the headers.
 	streamHTTP.Transport.(*http.Transport).ResponseHeaderTimeout = client.FeedIdleTimeout
-	f.httpClients = []*http.Client{apiHTTP, streamHTTP}
+	loginHTTP := newOffPathHTTPClient(v.timeout, f.tls)
+	f.httpClients = []*http.Client{apiHTTP, streamHTTP, loginHTTP}
 	var err error
 	if f.api, err = client.New(o.URL, client.WithHTTPClient(apiHTTP)); err != nil {
+		return nil, err
+	}
+	if f.login, err = client.New(o.URL, client.WithHTTPClient(loginHTTP)); err != nil {
 		return nil, err
 	}
 	if f.stream, err = client.New(o.URL, client.WithHTTPClient(streamHTTP)); err != nil {
@@ -353,9 +358,9 @@ func (f *follower) appToken(ctx context.Context) (string, time.Time, error) {
 	if tok != "" && now.Before(renewAt) {
 		return tok, renewAt, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	ctx, cancel := context.WithTimeout(ctx, max(f.timeout, LoginTimeout))
 	defer cancel()
-	res, err := f.api.AppAuth(ctx, f.id.clientID, f.secret)
+	res, err := f.login.AppAuth(ctx, f.id.clientID, f.secret)
 	if err != nil {
 		f.noFeed.Store(client.IsStatus(err, http.StatusNotFound))
 		return "", time.Time{}, err

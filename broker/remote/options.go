@@ -115,7 +115,8 @@ type Options struct {
 	// caches no negative answer.
 	NegativeCacheTTL time.Duration
 	// Timeout bounds one call to the broker, connecting included. 0 means
-	// DefaultTimeout.
+	// DefaultTimeout. App logins and the other calls off the request path
+	// wait for their answer up to LoginTimeout if that is longer.
 	Timeout time.Duration
 	// StaleIfError lets a cached "valid" answer be served up to this long
 	// past CacheTTL while the broker is unreachable, times out, answers
