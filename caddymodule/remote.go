@@ -151,7 +151,7 @@ func (rb *RemoteBroker) options() (remote.Options, error) {
 	}
 	// Before the files: with an http URL, their content does not matter.
 	if u, err := url.Parse(o.URL); err == nil && u.Scheme != "https" {
-		return o, fmt.Errorf("broker url %q: tls_ca and tls_client_cert need an https URL", o.URL)
+		return o, fmt.Errorf("broker url %q: tls_ca and tls_client_cert need an https URL", remote.RedactURL(o.URL))
 	}
 	o.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
 	if rb.TLSCA != "" {
