@@ -157,7 +157,10 @@ type NonceDB interface {
 }
 
 // RevocationDB holds revocations, each with a sequence number that
-// orders them the same way for every reader.
+// orders them the same way for every reader. Revocations are never
+// deleted: a reader that resumes after n finds the one it read at n still
+// there, unless the database went back in time (restored from an older
+// backup), which is how the Store notices that.
 type RevocationDB interface {
 	// Revoke records a revocation and returns it. Revoking twice returns
 	// the first record. Sequence numbers are committed in order: a
@@ -166,6 +169,11 @@ type RevocationDB interface {
 	// RevocationsSince returns up to limit revocations with Seq > seq, in
 	// sequence order.
 	RevocationsSince(ctx context.Context, seq int64, limit int) ([]Revocation, error)
+	// RevocationHead returns the highest sequence number stored, 0 when
+	// there is none. It is below what a reader has seen only when the
+	// database went back in time: the revocation feed checks a client's
+	// resume position against it.
+	RevocationHead(ctx context.Context) (int64, error)
 }
 
 // AuditDB holds the hash-chained audit trail.

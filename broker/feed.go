@@ -21,7 +21,10 @@ import (
 // resuming is part of the protocol. Heartbeats every FeedHeartbeat, sent
 // only while this broker's own view is fresh, let a client notice a silent
 // break within seconds. A "keys" event says the key set changed (a
-// rotation): fetch /.well-known/jwks.json again.
+// rotation): fetch /.well-known/jwks.json again. A "reset" event says the
+// database no longer has the revocation at the stream's position (it was
+// restored from an older backup): the stream starts over from the first
+// revocation (see FeedResetData).
 
 // FeedScope is the scope an app's ceiling must hold for the app to read
 // the feed (exactly, as a granted scope: read:revocations:*).
@@ -41,6 +44,30 @@ type FeedEvent = Revocation
 type FeedHeartbeatData struct {
 	Time string `json:"time"`
 	Seq  int64  `json:"seq"`
+}
+
+// FeedResetData is the data of a "reset" event: the database no longer
+// has, at the stream's position After (the client's Last-Event-ID, or the
+// last revocation sent since), the revocation that was there. It went
+// back in time (restored from an older backup) and numbers new
+// revocations again from its own newest one, so resuming after After
+// would skip those renumbered below it. Head is the database's newest
+// revocation: below After when a client resumes ahead of it, at or above
+// it when revocations were made since the restore. The stream starts
+// over: every revocation follows, from the first. A client counts from 0
+// again and keeps what it holds, so that a revocation the restore lost
+// stays in force (fail closed); a client that does not know the event
+// refuses what follows as out of order, and fails closed too.
+//
+// The broker checks the revocation at a position it has sent; of a
+// client's resume point it knows only the number, so a client that
+// resumes from the revocation before its last one (Last-Event-ID n-1 when
+// it holds n), and compares what arrives with what it holds, also finds
+// out when the database's new revocations have overtaken its number.
+type FeedResetData struct {
+	Time  string `json:"time"`
+	After int64  `json:"after"`
+	Head  int64  `json:"head"`
 }
 
 // feedAccess reports why c may not read the feed, or "".
@@ -95,21 +122,20 @@ func (b *Broker) handleFeed(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	last := feedStart(r)
+	pos := feedPos{seq: feedStart(r)}
 	heartbeat := time.NewTicker(FeedHeartbeat)
 	defer heartbeat.Stop()
 	recheck := time.Now().Add(feedRecheck)
 	expires := time.Unix(c.Exp, 0)
 	for backlog := true; ; backlog = false {
 		changed, keys := b.store.changes.wait(), b.store.keysChanged.wait()
-		var err error
-		if last, err = b.sendRevocations(ctx, w, last); err != nil {
+		if err := b.sendRevocations(ctx, w, c, &pos); err != nil {
 			return // the client is gone, or the database is: either way the client resumes
 		}
 		// A heartbeat right after the backlog tells a new client it is in
 		// sync now, instead of a heartbeat interval later.
 		if backlog && b.store.fresh() == nil {
-			if err := writeEvent(w, "heartbeat", "", FeedHeartbeatData{Time: formatTime(b.now()), Seq: last}); err != nil {
+			if err := writeEvent(w, "heartbeat", "", FeedHeartbeatData{Time: formatTime(b.now()), Seq: pos.seq}); err != nil {
 				return
 			}
 		}
@@ -123,7 +149,7 @@ func (b *Broker) handleFeed(w http.ResponseWriter, r *http.Request) {
 			return // this configuration is stopping; the client reconnects to the next
 		case <-changed:
 		case <-keys:
-			if err := writeEvent(w, "keys", "", FeedHeartbeatData{Time: formatTime(b.now()), Seq: last}); err != nil {
+			if err := writeEvent(w, "keys", "", FeedHeartbeatData{Time: formatTime(b.now()), Seq: pos.seq}); err != nil {
 				return
 			}
 		case now := <-heartbeat.C:
@@ -136,31 +162,69 @@ func (b *Broker) handleFeed(w http.ResponseWriter, r *http.Request) {
 					return
 				}
 			}
-			if err := writeEvent(w, "heartbeat", "", FeedHeartbeatData{Time: formatTime(b.now()), Seq: last}); err != nil {
+			if err := writeEvent(w, "heartbeat", "", FeedHeartbeatData{Time: formatTime(b.now()), Seq: pos.seq}); err != nil {
 				return
 			}
 		}
 	}
 }
 
-// sendRevocations writes every revocation after seq and returns the last
-// sequence number written.
-func (b *Broker) sendRevocations(ctx context.Context, w http.ResponseWriter, seq int64) (int64, error) {
-	for {
-		rs, err := b.store.db.RevocationsSince(ctx, seq, 1000)
+// feedPos is a stream's position: the sequence number of the last
+// revocation sent (or the client's resume point), and that revocation as
+// the database had it.
+type feedPos struct {
+	seq  int64
+	last Revocation // zero when only the number is known: the client's resume point
+}
+
+// sendRevocations writes every revocation after pos and moves pos to the
+// last one written. It reads the revocation at pos again first: when the
+// database no longer has it there (it was restored from an older backup
+// and numbers revocations anew), it writes a "reset" event and every
+// revocation from the first. It costs one row more per read, not a query.
+func (b *Broker) sendRevocations(ctx context.Context, w http.ResponseWriter, c *Claims, pos *feedPos) error {
+	const page = 1000
+	for check := pos.seq > 0; ; check = false {
+		from := pos.seq
+		if check {
+			from--
+		}
+		rs, err := b.store.db.RevocationsSince(ctx, from, page)
 		if err != nil {
-			return seq, err
+			return err
+		}
+		more := len(rs) == page
+		if check {
+			if len(rs) == 0 || rs[0].Seq != pos.seq || (pos.last.Seq != 0 && !rs[0].Same(pos.last)) {
+				if err := b.feedReset(ctx, w, c, pos.seq); err != nil {
+					return err
+				}
+				*pos = feedPos{}
+				continue
+			}
+			pos.last, rs = rs[0], rs[1:]
 		}
 		for _, r := range rs {
 			if err := writeEvent(w, "revocation", strconv.FormatInt(r.Seq, 10), r); err != nil {
-				return seq, err
+				return err
 			}
-			seq = r.Seq
+			pos.seq, pos.last = r.Seq, r
 		}
-		if len(rs) < 1000 {
-			return seq, nil
+		if !more {
+			return nil
 		}
 	}
+}
+
+// feedReset tells the client that its stream, at after, starts over.
+func (b *Broker) feedReset(ctx context.Context, w http.ResponseWriter, c *Claims, after int64) error {
+	head, err := b.store.db.RevocationHead(ctx)
+	if err != nil {
+		return err
+	}
+	b.store.log.Warn("agentwrit: a revocation feed stream is at a position the database no longer has, as after a restore from an older backup; sending every revocation again",
+		"client", c.Sub, "after", after, "database_seq", head)
+	return writeEvent(w, "reset", "", FeedResetData{Time: formatTime(b.now()), After: after, Head: head})
 }
 
 // writeEvent writes one Server-Sent Event with JSON data (one line).

@@ -23,6 +23,7 @@ type RevocationIndex struct {
 	mu   sync.RWMutex
 	sets [4]map[string]struct{} // by levelIndex
 	seq  int64                  // the highest sequence number applied in order
+	last Revocation             // the revocation at seq, as applied
 }
 
 // NewRevocationIndex returns an empty index.
@@ -70,8 +71,32 @@ func (x *RevocationIndex) Apply(rs []Revocation) {
 		if i := levelIndex(r.Level); i >= 0 {
 			x.sets[i][r.Target] = struct{}{}
 		}
-		x.seq = max(x.seq, r.Seq)
+		if r.Seq >= x.seq {
+			x.seq, x.last = r.Seq, r
+		}
 	}
+}
+
+// Rewind forgets the position (Seq and Last go back to zero) and keeps
+// every revocation held. It is for a source whose sequence went back (a
+// database restored from an older backup numbers new revocations again
+// from its own newest one, below Seq, or puts others where Last was):
+// reading it again from the start picks up the renumbered revocations,
+// while those the restore lost stay in force here. Failing closed: a
+// revocation, once seen, is never forgotten by a running process.
+func (x *RevocationIndex) Rewind() {
+	x.mu.Lock()
+	x.seq, x.last = 0, Revocation{}
+	x.mu.Unlock()
+}
+
+// Position is Seq and the revocation applied at it (zero at Seq 0): a
+// follower resuming after Seq checks that its source still has that
+// revocation there, which a source whose sequence went back does not.
+func (x *RevocationIndex) Position() (int64, Revocation) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.seq, x.last
 }
 
 // Seq is the sequence number up to which every revocation has been applied.
@@ -127,4 +152,10 @@ func (x *RevocationIndex) revoked(jti, sub, task, root string) bool {
 		}
 	}
 	return false
+}
+
+// Same reports whether r and o are the same stored revocation: the same
+// sequence number for the same target, revoked at the same time.
+func (r Revocation) Same(o Revocation) bool {
+	return r.Seq == o.Seq && r.Level == o.Level && r.Target == o.Target && r.RevokedAt.Equal(o.RevokedAt)
 }

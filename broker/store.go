@@ -240,23 +240,57 @@ func (s *Store) countsChanged() {
 }
 
 // catchUpRevocations applies every revocation after the index's sequence
-// number, in pages.
+// number, in pages. It reads from the revocation before, the last one it
+// applied, to check that the database still has it there: a database
+// restored from an older backup does not (it numbers new revocations
+// again from its own newest one), and reading on after the index's number
+// would skip those renumbered below it. Then the index is read again from
+// the start instead, keeping what it holds (see rewound).
 func (s *Store) catchUpRevocations(ctx context.Context) error {
 	const page = 1000
-	for {
-		rs, err := s.db.RevocationsSince(ctx, s.revocations.Seq(), page)
+	for check := true; ; check = false {
+		seq, last := s.revocations.Position()
+		from := seq
+		if check && seq > 0 {
+			from = seq - 1
+		}
+		rs, err := s.db.RevocationsSince(ctx, from, page)
 		if err != nil {
 			return fmt.Errorf("load revocations: %w", err)
+		}
+		more := len(rs) == page
+		if from < seq {
+			if len(rs) == 0 || !rs[0].Same(last) {
+				s.rewound(ctx, seq)
+				continue
+			}
+			rs = rs[1:]
 		}
 		s.revocations.Apply(rs)
 		if len(rs) > 0 {
 			s.changes.notify()
 		}
-		if len(rs) < page {
+		if !more {
 			s.synced.Store(s.opt.Now().UnixNano())
 			return nil
 		}
 	}
+}
+
+// rewound handles a database that no longer holds the revocation the
+// index applied last, at seq: it went back in time. The index is read
+// again from the start, as a union with what it holds, so that a
+// revocation the restore lost stays in force in this process (fail
+// closed).
+func (s *Store) rewound(ctx context.Context, seq int64) {
+	attrs := []any{"index_seq", seq}
+	if head, err := s.db.RevocationHead(ctx); err == nil {
+		attrs = append(attrs, "database_seq", head)
+	}
+	s.log.Warn("agentwrit: the database's revocation sequence went back, as after a restore from an older backup; "+
+		"reading every revocation again from the start, and those already in force in this process stay in force", attrs...)
+	s.revocations.Rewind()
+	s.changes.notify() // the feed's streams check their positions too
 }
 
 // reloadKeys re-reads the key ring, after a rotation here or elsewhere.

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -32,11 +33,51 @@ var (
 	_ caddyfile.Unmarshaler = (*BrokerHandler)(nil)
 )
 
+// Errors name the option and say what is wrong, and never print its
+// arguments: those of admin_secret, client_secret and database (a URL with
+// its password) are credentials, and the wrong number of them is most
+// often a secret with a space in it, split in two. Caddy's d.ArgErr, which
+// prints the token it stopped at, is not used. A secret expanded from
+// {$VAR} with a line break in it goes on to the next line, whose first
+// token then reads as an option: unknown options are named only when they
+// look like an option name.
+
+// argCountErr says that option name takes want, without its arguments.
+func argCountErr(d *caddyfile.Dispenser, name, want string) error {
+	return d.Errf("%s takes %s", name, want)
+}
+
+// unknownOption refuses the option name in a block of kind.
+func unknownOption(d *caddyfile.Dispenser, kind, name string) error {
+	switch {
+	case name == "{":
+		return d.Errf("unexpected block in %s: the option before it takes none", kind)
+	case optionLike(name):
+		return d.Errf("unrecognized %s %q", kind, name)
+	}
+	return d.Errf("unrecognized %s (not shown: it does not look like an option name, and may be the rest of a value on the line before)", kind)
+}
+
+// optionLike reports whether s could be an option name: lower case
+// letters, digits and underscores, starting with a letter.
+func optionLike(s string) bool {
+	if s == "" || len(s) > 32 || s[0] < 'a' || s[0] > 'z' {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
 // oneArg reads the single argument of the current option.
 func oneArg(d *caddyfile.Dispenser) (string, error) {
+	name := d.Val()
 	args := d.RemainingArgs()
 	if len(args) != 1 {
-		return "", d.Errf("%s takes exactly one argument", d.Val())
+		return "", argCountErr(d, name, fmt.Sprintf("exactly one argument, not %d (quote a value with spaces)", len(args)))
 	}
 	return args[0], nil
 }
@@ -92,10 +133,13 @@ func choiceArg(d *caddyfile.Dispenser, choices ...string) (string, error) {
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // option name
 	if d.NextArg() {
-		return d.ArgErr()
+		return argCountErr(d, "the agentwrit global option", "no arguments, only a block")
 	}
 	for d.NextBlock(0) {
 		name := d.Val()
+		if !optionLike(name) {
+			return unknownOption(d, "agentwrit option", name)
+		}
 		strs := map[string]*string{
 			"admin_secret": &a.AdminSecret, "trust_domain": &a.TrustDomain, "issuer": &a.Issuer,
 			"audience": &a.Audience, "signing_key": &a.SigningKey,
@@ -111,7 +155,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case name == "admin_secret" && len(args) == 0:
 				return d.Err("admin_secret needs a value; if you wrote {$AGENTWRIT_ADMIN_SECRET}, that environment variable is empty or unset (prefer {env.AGENTWRIT_ADMIN_SECRET}, read when the config loads)")
 			case len(args) != 1:
-				return d.Errf("%s takes exactly one argument", name)
+				return argCountErr(d, name, fmt.Sprintf("exactly one argument, not %d (quote a value with spaces)", len(args)))
 			}
 			*p = args[0]
 			continue
@@ -125,7 +169,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		}
 		if name != "database" {
-			return d.Errf("unrecognized agentwrit option %q", name)
+			return unknownOption(d, "agentwrit option", name)
 		}
 		v, err := oneArg(d)
 		if err != nil {
@@ -149,7 +193,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					return err
 				}
 			default:
-				return d.Errf("unrecognized database option %q", d.Val())
+				return unknownOption(d, "database option", d.Val())
 			}
 		}
 	}
@@ -198,7 +242,7 @@ func parseConsole(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 			return nil, d.Err(err.Error())
 		}
 	default:
-		return nil, d.ArgErr()
+		return nil, argCountErr(d, "agentwrit_console", "at most one argument, the remote broker's URL")
 	}
 	if d.NextBlock(0) {
 		return nil, d.Errf("agentwrit_console takes no block")
@@ -221,7 +265,7 @@ func parseConsole(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
 	if d.NextArg() {
-		return d.ArgErr()
+		return argCountErr(d, "agentwrit", "no arguments besides a matcher, only a block")
 	}
 	for d.NextBlock(0) {
 		var err error
@@ -258,7 +302,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.RefuseBodyOn = &methods
 			}
 		default:
-			return d.Errf("unrecognized agentwrit subdirective %q", opt)
+			return unknownOption(d, "agentwrit subdirective", opt)
 		}
 		if err != nil {
 			return err
@@ -299,7 +343,7 @@ func parseBrokerOption(d *caddyfile.Dispenser) (*RemoteBroker, error) {
 	}
 	target := d.Val()
 	if d.NextArg() {
-		return nil, d.ArgErr()
+		return nil, argCountErr(d, "broker", "one argument: embedded or the broker's URL")
 	}
 	nesting := d.Nesting()
 	if target == "embedded" {
@@ -309,9 +353,10 @@ func parseBrokerOption(d *caddyfile.Dispenser) (*RemoteBroker, error) {
 		return nil, nil
 	}
 	rb := &RemoteBroker{URL: target}
+	one := func(name string) error { return argCountErr(d, "broker "+name, "exactly one argument") }
 	duration := func(name string, allowZero bool) (caddy.Duration, error) {
 		if !d.NextArg() {
-			return 0, d.ArgErr()
+			return 0, one(name)
 		}
 		v, err := caddy.ParseDuration(d.Val())
 		if err != nil {
@@ -321,13 +366,16 @@ func parseBrokerOption(d *caddyfile.Dispenser) (*RemoteBroker, error) {
 			return 0, d.Errf("broker %s must be positive, not %s", name, d.Val())
 		}
 		if d.NextArg() {
-			return 0, d.ArgErr()
+			return 0, one(name)
 		}
 		return caddy.Duration(v), nil
 	}
 	seen := map[string]bool{}
 	for d.NextBlock(nesting) {
 		opt := d.Val()
+		if !optionLike(opt) {
+			return nil, unknownOption(d, "broker option", opt)
+		}
 		if seen[opt] {
 			return nil, d.Errf("broker option %s given twice", opt)
 		}
@@ -349,7 +397,7 @@ func parseBrokerOption(d *caddyfile.Dispenser) (*RemoteBroker, error) {
 			rb.StaleIfError, err = duration(opt, true)
 		case "cache_size":
 			if !d.NextArg() {
-				return nil, d.ArgErr()
+				return nil, one(opt)
 			}
 			n, perr := strconv.Atoi(d.Val())
 			if perr != nil || n < 1 {
@@ -357,15 +405,15 @@ func parseBrokerOption(d *caddyfile.Dispenser) (*RemoteBroker, error) {
 			}
 			rb.CacheSize = n
 			if d.NextArg() {
-				return nil, d.ArgErr()
+				return nil, one(opt)
 			}
 		case "tls_ca":
 			if !d.NextArg() {
-				return nil, d.ArgErr()
+				return nil, one(opt)
 			}
 			rb.TLSCA = d.Val()
 			if d.NextArg() {
-				return nil, d.ArgErr()
+				return nil, one(opt)
 			}
 		case "tls_client_cert":
 			args := d.RemainingArgs()
@@ -376,7 +424,7 @@ func parseBrokerOption(d *caddyfile.Dispenser) (*RemoteBroker, error) {
 		default:
 			var known bool
 			if known, err = rb.unmarshalVerifyOption(d, opt); !known {
-				return nil, d.Errf("unrecognized broker option %q", opt)
+				return nil, unknownOption(d, "broker option", opt)
 			}
 		}
 		if err != nil {

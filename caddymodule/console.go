@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/caddy-agentwrit/caddy-agentwrit/broker"
+	"github.com/caddy-agentwrit/caddy-agentwrit/broker/remote"
 	"github.com/caddy-agentwrit/caddy-agentwrit/caddymodule/console"
 )
 
@@ -81,13 +82,13 @@ func (h *ConsoleHandler) Validate() error {
 // parseRemote accepts an absolute http(s) URL without query or fragment.
 func parseRemote(s string) (*url.URL, error) {
 	u, err := url.Parse(s)
-	switch {
-	case err != nil:
-		return nil, fmt.Errorf("agentwrit_console: remote broker URL: %w", err)
+	switch { // the URL shown redacted: credentials in it are one of the mistakes
+	case err != nil: // not url.Parse's words: they quote the wrong part, maybe a password
+		return nil, errors.New("agentwrit_console: the remote broker URL does not parse as a URL")
 	case u.Scheme != "http" && u.Scheme != "https", u.Host == "":
-		return nil, fmt.Errorf("agentwrit_console: remote broker URL %q must be http:// or https:// with a host", s)
+		return nil, fmt.Errorf("agentwrit_console: remote broker URL %q must be http:// or https:// with a host", remote.RedactURL(s))
 	case u.RawQuery != "" || u.Fragment != "" || u.User != nil:
-		return nil, fmt.Errorf("agentwrit_console: remote broker URL %q must have no query, fragment or user info", s)
+		return nil, fmt.Errorf("agentwrit_console: remote broker URL %q must have no query, fragment or user info", remote.RedactURL(s))
 	}
 	return u, nil
 }

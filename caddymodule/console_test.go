@@ -37,7 +37,7 @@ func TestConsoleCaddyfile(t *testing.T) {
 		require.Contains(t, cfg, "agentwrit_console")
 	})
 	for _, bad := range []struct{ body, want string }{
-		{"\tagentwrit_console a b", "wrong argument count"},
+		{"\tagentwrit_console a b", "agentwrit_console takes at most one argument"},
 		{"\tagentwrit_console ftp://x", "must be http:// or https://"},
 		{"\tagentwrit_console http://", "with a host"},
 		{"\tagentwrit_console http://x/?a=1", "no query"},

@@ -57,6 +57,8 @@ type RemoteBroker struct {
 	// (default 5s); 0 caches no negative answers.
 	NegativeCacheTTL *caddy.Duration `json:"negative_cache_ttl,omitempty"`
 	// Timeout bounds one validate call, connecting included (default 2s).
+	// The app login of verify local and usage reports wait for their
+	// answer up to 30s if that is longer: a login is a bcrypt on the broker.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 	// StaleIfError lets a cached "valid" answer be served up to this long
 	// past its cache TTL while the broker is unreachable, times out,
@@ -149,7 +151,7 @@ func (rb *RemoteBroker) options() (remote.Options, error) {
 	}
 	// Before the files: with an http URL, their content does not matter.
 	if u, err := url.Parse(o.URL); err == nil && u.Scheme != "https" {
-		return o, fmt.Errorf("broker url %q: tls_ca and tls_client_cert need an https URL", o.URL)
+		return o, fmt.Errorf("broker url %q: tls_ca and tls_client_cert need an https URL", remote.RedactURL(o.URL))
 	}
 	o.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
 	if rb.TLSCA != "" {

@@ -37,12 +37,6 @@ func (e *env) logTo(caddyfile, file string) string {
 // refused on the next requests. Pointed at an upstream-like broker (no
 // feed), the same configuration answers 503 and logs why.
 func TestRemoteLocalE2E(t *testing.T) {
-	if raceEnabled {
-		// Under -race the local-mode follower did not sync within the
-		// test's 20 s on CI's shared cores; the plain run covers it, and
-		// broker/remote's local-mode tests run under -race.
-		t.Skip("local-mode end to end runs without -race (see the plain go test run)")
-	}
 	e := newEnv(t, tempDB(t))
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	e.start(gatewayRules) // the embedded gateway first: the broker must run to register the app
@@ -55,7 +49,8 @@ func TestRemoteLocalE2E(t *testing.T) {
 
 	require.NoError(t, e.load(e.logTo(e.caddyfile(localGatewayBlock(e.brokerURL(""))+gatewayRules), logFile)))
 	agentID, tok := e.agent("read:orders:42")
-	pollStatus(t, e.gatewayURL("/orders/42"), tok, 200, 20*time.Second, 503) // 503 until the feed has synchronized
+	synced := pollStatus(t, e.gatewayURL("/orders/42"), tok, 200, 20*time.Second, 503) // 503 until the feed has synchronized
+	t.Logf("the gateway allowed %s after the agent registered", synced.Round(time.Millisecond))
 	require.Equal(t, agentID, e.backend.header("X-AgentWrit-Agent-ID"))
 	requireStatus(t, 403, "GET", e.gatewayURL("/orders/43"), tok)
 	requireStatus(t, 401, "GET", e.gatewayURL("/orders/42"), tok[:len(tok)-4]+"AAAA")

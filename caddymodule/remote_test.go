@@ -240,7 +240,7 @@ func TestRemoteCaddyfile(t *testing.T) {
 
 	requireParseErrors(t, map[string]string{
 		"broker":                                            "embedded' or the URL",
-		"broker a b":                                        "wrong argument count",
+		"broker a b":                                        "broker takes one argument",
 		"broker embedded {\n cache_ttl 1s\n}":               "takes no options",
 		"broker http://b {\n cache_ttl -1s\n}":              "cache_ttl must be positive",
 		"broker http://b {\n cache_ttl soon\n}":             "cache_ttl",
@@ -249,8 +249,8 @@ func TestRemoteCaddyfile(t *testing.T) {
 		"broker http://b {\n cache_size 0\n}":               "cache_size must be a positive integer",
 		"broker http://b {\n cache_size lots\n}":            "cache_size must be a positive integer",
 		"broker http://b {\n tls_client_cert a\n}":          "two arguments",
-		"broker http://b {\n tls_ca\n}":                     "wrong argument count",
-		"broker http://b {\n cache_ttl 1s 2s\n}":            "wrong argument count",
+		"broker http://b {\n tls_ca\n}":                     "broker tls_ca takes exactly one argument",
+		"broker http://b {\n cache_ttl 1s 2s\n}":            "broker cache_ttl takes exactly one argument",
 		"broker http://b {\n cache_ttl 1s\ncache_ttl 2s\n}": "given twice",
 		"broker http://b {\n retries 3\n}":                  "unrecognized broker option",
 	})

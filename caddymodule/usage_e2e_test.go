@@ -50,12 +50,6 @@ func TestUsageEmbedded(t *testing.T) {
 // which reports to the broker as its app (read:revocations:* and
 // write:usage:* in the app's ceiling), across a reload.
 func TestUsageRemote(t *testing.T) {
-	if raceEnabled {
-		// Under -race the local-mode follower did not sync within the
-		// test's 20 s on CI's shared cores; the plain run covers it, and
-		// broker/remote's local-mode tests run under -race.
-		t.Skip("local-mode end to end runs without -race (see the plain go test run)")
-	}
 	e := newEnv(t, tempDB(t))
 	e.start(gatewayRules)
 	resp, app := call(t, "POST", e.brokerURL("/v1/admin/apps"), e.adminToken(),
@@ -66,7 +60,8 @@ func TestUsageRemote(t *testing.T) {
 	remote := e.caddyfile(localGatewayBlock(e.brokerURL("")) + gatewayRules)
 	require.NoError(t, e.load(remote))
 	agentID, tok := e.agent("read:orders:*", "write:orders:*")
-	pollStatus(t, e.gatewayURL("/orders/42"), tok, 200, 20*time.Second, 503) // until the feed has synchronized
+	synced := pollStatus(t, e.gatewayURL("/orders/42"), tok, 200, 20*time.Second, 503) // until the feed has synchronized
+	t.Logf("the gateway allowed %s after the agent registered", synced.Round(time.Millisecond))
 
 	read := func(n int) {
 		for i := range n {

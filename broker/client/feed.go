@@ -28,6 +28,13 @@ const (
 	EventHeartbeat = "heartbeat"
 	// EventKeys says the broker's key set changed: fetch JWKS again.
 	EventKeys = "keys"
+	// EventReset says the stream's position is in a numbering the
+	// broker's database no longer has (it was restored from an older
+	// backup; see broker.FeedResetData): the stream starts over, every
+	// revocation follows from the first. Keep what you hold (a revocation
+	// the restore lost stays in force) and resume from the Seq of the
+	// events that follow.
+	EventReset = "reset"
 )
 
 // FeedIdleTimeout is how long Revocations waits for the next byte of a
@@ -44,22 +51,27 @@ var ErrFeedSilent = errors.New("revocation feed silent")
 
 // FeedEvent is one event of the revocation feed.
 type FeedEvent struct {
-	// Type is EventRevocation, EventHeartbeat or EventKeys.
+	// Type is EventRevocation, EventHeartbeat, EventKeys or EventReset.
 	Type string
 	// Seq is, for a revocation, its sequence number; for a heartbeat or
 	// keys event, the sequence number up to which this stream has sent
-	// every revocation (the position it resumed from, if it sent none).
+	// every revocation (the position it resumed from, if it sent none);
+	// for a reset, 0: the position the stream starts over from.
 	Seq int64
+	// After and Head are, for a reset, the position the stream was at and
+	// the broker's newest revocation.
+	After, Head int64
 	// Revocation is the revocation of an EventRevocation event.
 	Revocation broker.Revocation
-	// Time is the broker's clock at a heartbeat or keys event.
+	// Time is the broker's clock at a heartbeat, keys or reset event.
 	Time time.Time
 }
 
 // Revocations reads the revocation feed with the client's token (an app
 // token whose app's scope ceiling holds broker.FeedScope), starting after
 // the revocation with sequence number after (0: from the first), and
-// calls onEvent for each revocation, heartbeat and keys event, in order.
+// calls onEvent for each revocation, heartbeat, keys and reset event, in
+// order.
 // Events of other types are skipped. onEvent should return quickly; an
 // error from it ends the stream and is returned.
 //
@@ -193,6 +205,21 @@ func (f *feedReader) next(alive func()) (FeedEvent, error) {
 				ErrMalformedAnswer, raw.event, d.Seq, f.pos)
 		}
 		return FeedEvent{Type: raw.event, Seq: d.Seq, Time: at}, nil
+	case EventReset:
+		var d broker.FeedResetData
+		if err := broker.DecodeStrict(raw.data, &d); err != nil {
+			return FeedEvent{}, fmt.Errorf("%w: reset event: %v", ErrMalformedAnswer, err)
+		}
+		at, err := time.Parse(time.RFC3339Nano, d.Time)
+		if err != nil {
+			return FeedEvent{}, fmt.Errorf("%w: reset event: time: %v", ErrMalformedAnswer, err)
+		}
+		if d.After != f.pos || d.Head < 0 {
+			return FeedEvent{}, fmt.Errorf("%w: reset event from %d (head %d), but the last revocation received is %d",
+				ErrMalformedAnswer, d.After, d.Head, f.pos)
+		}
+		f.pos = 0
+		return FeedEvent{Type: EventReset, After: d.After, Head: d.Head, Time: at}, nil
 	}
 	return FeedEvent{}, nil
 }

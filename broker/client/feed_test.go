@@ -122,6 +122,10 @@ func heartbeatEvent(typ string, seq int) string {
 	return fmt.Sprintf("event: %s\ndata: {\"time\":%q,\"seq\":%d}\n\n", typ, hbTime, seq)
 }
 
+func resetEvent(after, head int) string {
+	return fmt.Sprintf("event: reset\ndata: {\"time\":%q,\"after\":%d,\"head\":%d}\n\n", hbTime, after, head)
+}
+
 // TestRevocationsFormat: the Server-Sent Events format as the standard
 // allows it (comments, CR and CRLF line ends, a byte order mark, unknown
 // fields and events), and the stream's end reported as such.
@@ -133,6 +137,9 @@ func TestRevocationsFormat(t *testing.T) {
 		heartbeatEvent(client.EventHeartbeat, 7) +
 		"data: a message without a type\n\n" +
 		heartbeatEvent(client.EventKeys, 7) +
+		resetEvent(7, 2) + // the broker's database went back: from the first again
+		revocationEvent(1, broker.LevelAgent, "agent-1") +
+		heartbeatEvent(client.EventHeartbeat, 1) +
 		"event: heartbeat\n" // an event cut off by the end of the stream is not dispatched
 	c, lastID := feedServer(t, "text/event-stream; charset=utf-8", body)
 	var got []client.FeedEvent
@@ -145,6 +152,9 @@ func TestRevocationsFormat(t *testing.T) {
 		{Type: client.EventRevocation, Seq: 7, Revocation: broker.Revocation{Seq: 7, Level: broker.LevelTask, Target: "task-7", RevokedAt: at}},
 		{Type: client.EventHeartbeat, Seq: 7, Time: at},
 		{Type: client.EventKeys, Seq: 7, Time: at},
+		{Type: client.EventReset, Seq: 0, After: 7, Head: 2, Time: at},
+		{Type: client.EventRevocation, Seq: 1, Revocation: broker.Revocation{Seq: 1, Level: broker.LevelAgent, Target: "agent-1", RevokedAt: at}},
+		{Type: client.EventHeartbeat, Seq: 1, Time: at},
 	}, got)
 
 	stop := errors.New("enough")
@@ -167,6 +177,8 @@ func TestRevocationsMalformed(t *testing.T) {
 		"revocations skipped":    revocationEvent(1, broker.LevelToken, "a") + heartbeatEvent(client.EventHeartbeat, 3),
 		"keys ahead":             heartbeatEvent(client.EventKeys, 1),
 		"heartbeat time":         "event: heartbeat\ndata: {\"time\":\"yesterday\",\"seq\":0}\n\n",
+		"reset from elsewhere":   revocationEvent(3, broker.LevelToken, "a") + resetEvent(5, 1) + revocationEvent(2, broker.LevelToken, "b"),
+		"reset head":             resetEvent(0, -1),
 		"huge line":              "event: revocation\ndata: " + strings.Repeat("x", client.MaxFeedLine+10) + "\n\n",
 		"huge event":             "event: revocation\n" + strings.Repeat("data: "+strings.Repeat("x", 1000)+"\n", 70) + "\n",
 	} {

@@ -41,6 +41,9 @@ var (
 	errNoFeed    = fmt.Errorf("%w: the broker has no revocation feed, which local verification needs (an upstream AgentWrit broker supports only validate mode)", ErrUnavailable)
 	// errRenewal ends a stream whose app token is due for renewal.
 	errRenewal = errors.New("app token due for renewal")
+	// errStartOver ends a stream resumed in a numbering the broker no
+	// longer has: the next one starts from the first revocation.
+	errStartOver = errors.New("the broker's revocation sequence went back")
 )
 
 // followerID is what Validators must agree on to share a follower.
@@ -63,6 +66,7 @@ type follower struct {
 
 	secret      string
 	api, stream *client.Client
+	login       *client.Client // bounded by LoginTimeout
 	httpClients []*http.Client
 	timeout     time.Duration
 	keys        *keyring
@@ -116,9 +120,13 @@ func newFollower(id followerID, o *Options, v *Validator) (*follower, error) {
 	// The feed's first bytes follow its backlog; the stream has its own
 	// idle bound (client.FeedIdleTimeout) past the headers.
 	streamHTTP.Transport.(*http.Transport).ResponseHeaderTimeout = client.FeedIdleTimeout
-	f.httpClients = []*http.Client{apiHTTP, streamHTTP}
+	loginHTTP := newOffPathHTTPClient(v.timeout, f.tls)
+	f.httpClients = []*http.Client{apiHTTP, streamHTTP, loginHTTP}
 	var err error
 	if f.api, err = client.New(o.URL, client.WithHTTPClient(apiHTTP)); err != nil {
+		return nil, err
+	}
+	if f.login, err = client.New(o.URL, client.WithHTTPClient(loginHTTP)); err != nil {
 		return nil, err
 	}
 	if f.stream, err = client.New(o.URL, client.WithHTTPClient(streamHTTP)); err != nil {
@@ -233,7 +241,7 @@ func nextDelay(prev time.Duration, synced bool, err error) time.Duration {
 	d := feedRetryMin
 	var ce *client.Error
 	switch {
-	case synced || errors.Is(err, errRenewal):
+	case synced || errors.Is(err, errRenewal) || errors.Is(err, errStartOver):
 	case errors.As(err, &ce) && ce.RetryAfter > 0:
 		d = min(max(ce.RetryAfter, 2*prev), feedRetryMax)
 	default:
@@ -258,7 +266,28 @@ func (f *follower) session(ctx context.Context) (synced bool, err error) {
 	}
 	sctx, cancel := context.WithTimeout(ctx, renewAt.Sub(f.now()))
 	defer cancel()
-	err = f.stream.WithToken(tok).Revocations(sctx, f.index.Seq(), func(ev client.FeedEvent) error {
+	// Resume from the revocation before the last one applied, to check
+	// that the broker still has that one there: one whose database was
+	// restored from an older backup numbers revocations anew, and
+	// resuming after the last would skip those renumbered below it.
+	seq, last := f.index.Position()
+	from := max(seq-1, 0)
+	checking := from < seq
+	err = f.stream.WithToken(tok).Revocations(sctx, from, func(ev client.FeedEvent) error {
+		if checking {
+			checking = false
+			switch {
+			case ev.Type == client.EventRevocation && ev.Revocation.Same(last):
+				return nil // applied already
+			case ev.Type == client.EventRevocation:
+				f.index.Apply([]broker.Revocation{ev.Revocation}) // the broker's all the same: fail closed
+				f.rewound(seq, "found", fmt.Sprintf("revocation %d of %s %s, not of %s %s", ev.Seq, ev.Revocation.Level, ev.Revocation.Target, last.Level, last.Target))
+				return errStartOver
+			case ev.Type != client.EventReset: // the broker says so itself: below
+				f.rewound(seq, "found", fmt.Sprintf("no revocation after %d", from))
+				return errStartOver
+			}
+		}
 		switch ev.Type {
 		case client.EventRevocation:
 			f.index.Apply([]broker.Revocation{ev.Revocation})
@@ -273,6 +302,8 @@ func (f *follower) session(ctx context.Context) (synced bool, err error) {
 			case f.keysNow <- struct{}{}:
 			default: // a refresh is already asked for
 			}
+		case client.EventReset:
+			f.rewound(f.index.Seq(), "broker_seq", ev.Head)
 		}
 		return nil
 	})
@@ -289,6 +320,18 @@ func (f *follower) session(ctx context.Context) (synced bool, err error) {
 		f.noFeed.Store(true)
 	}
 	return synced, err
+}
+
+// rewound handles a broker whose revocation sequence went back (its
+// database was restored from an older backup), as the feed said with a
+// reset event or as the check on resuming found: the index counts from 0
+// again but keeps every revocation it holds, so one the restore lost
+// stays in force here, and the feed is read again from the first.
+func (f *follower) rewound(seq int64, attrs ...any) {
+	f.index.Rewind()
+	f.logger().Warn("the broker's revocation sequence went back, as after a restore of its database from an older backup; "+
+		"following its feed again from the start, and the revocations already held stay in force",
+		append([]any{"broker", f.id.url, "gateway_seq", seq}, attrs...)...)
 }
 
 // synced notes a stream's first heartbeat.
@@ -315,9 +358,9 @@ func (f *follower) appToken(ctx context.Context) (string, time.Time, error) {
 	if tok != "" && now.Before(renewAt) {
 		return tok, renewAt, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	ctx, cancel := context.WithTimeout(ctx, max(f.timeout, LoginTimeout))
 	defer cancel()
-	res, err := f.api.AppAuth(ctx, f.id.clientID, f.secret)
+	res, err := f.login.AppAuth(ctx, f.id.clientID, f.secret)
 	if err != nil {
 		f.noFeed.Store(client.IsStatus(err, http.StatusNotFound))
 		return "", time.Time{}, err
@@ -380,8 +423,8 @@ func (f *follower) keysFetched(err error) {
 // that only configuration fixes), a repeated one at Debug. A synchronized
 // stream the broker closed (its configuration reloads) is only noted.
 func (f *follower) report(err error, synced bool, retry time.Duration) {
-	if errors.Is(err, errRenewal) {
-		return
+	if errors.Is(err, errRenewal) || errors.Is(err, errStartOver) {
+		return // nothing wrong, or rewound logged it
 	}
 	if synced && errors.Is(err, io.EOF) {
 		f.logger().Info("the broker ended the revocation feed stream; reconnecting", "broker", f.id.url)

@@ -115,7 +115,8 @@ type Options struct {
 	// caches no negative answer.
 	NegativeCacheTTL time.Duration
 	// Timeout bounds one call to the broker, connecting included. 0 means
-	// DefaultTimeout.
+	// DefaultTimeout. App logins and the other calls off the request path
+	// wait for their answer up to LoginTimeout if that is longer.
 	Timeout time.Duration
 	// StaleIfError lets a cached "valid" answer be served up to this long
 	// past CacheTTL while the broker is unreachable, times out, answers
@@ -191,7 +192,7 @@ func (o *Options) check() (string, error) {
 		return "", fmt.Errorf("CacheSize must not be negative (got %d); CacheTTL 0 turns caching off", o.CacheSize)
 	}
 	if o.TLS != nil && !strings.HasPrefix(endpoint, "https:") {
-		return "", fmt.Errorf("broker url %q: TLS settings need an https URL", o.URL)
+		return "", fmt.Errorf("broker url %q: TLS settings need an https URL", RedactURL(o.URL))
 	}
 	if err := o.checkMode(); err != nil {
 		return "", err
@@ -237,37 +238,64 @@ func plainRemote(endpoint string) bool {
 }
 
 // endpointOf checks the broker's base URL and returns its validate URL.
+// Its errors show the URL as RedactURL does: credentials in it are one of
+// the mistakes they report.
 func endpointOf(raw string) (string, error) {
 	if raw == "" {
 		return "", errors.New("broker url is required")
 	}
+	shown := RedactURL(raw)
 	if !strings.Contains(raw, "://") {
-		return "", fmt.Errorf("broker url %q: must start with http:// or https://", raw)
+		return "", fmt.Errorf("broker url %q: must start with http:// or https://", shown)
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return "", fmt.Errorf("broker url %q: %v", raw, err)
+		// Not url.Parse's words: they quote the part that is wrong, which
+		// may be a password (https://user:password/ lacks its host).
+		return "", fmt.Errorf("broker url %q: does not parse as a URL", shown)
 	}
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
-		return "", fmt.Errorf("broker url %q: scheme must be http or https", raw)
+		return "", fmt.Errorf("broker url %q: scheme must be http or https", shown)
 	case u.Host == "" || u.Hostname() == "":
-		return "", fmt.Errorf("broker url %q: no host", raw)
+		return "", fmt.Errorf("broker url %q: no host", shown)
 	case u.User != nil:
-		return "", fmt.Errorf("broker url %q: credentials in the URL are not supported (use a TLS client certificate)", raw)
+		return "", fmt.Errorf("broker url %q: credentials in the URL are not supported (use a TLS client certificate)", shown)
 	case u.RawQuery != "" || u.ForceQuery:
-		return "", fmt.Errorf("broker url %q: must not have a query", raw)
+		return "", fmt.Errorf("broker url %q: must not have a query", shown)
 	case u.Fragment != "":
-		return "", fmt.Errorf("broker url %q: must not have a fragment", raw)
+		return "", fmt.Errorf("broker url %q: must not have a fragment", shown)
 	case strings.HasSuffix(strings.TrimSuffix(u.Path, "/"), "/v1"):
-		return "", fmt.Errorf("broker url %q: must not end in /v1 (give the base URL the API is served under)", raw)
+		return "", fmt.Errorf("broker url %q: must not end in /v1 (give the base URL the API is served under)", shown)
 	}
 	if p := u.Port(); p != "" {
 		if _, err := net.LookupPort("tcp", p); err != nil {
-			return "", fmt.Errorf("broker url %q: bad port", raw)
+			return "", fmt.Errorf("broker url %q: bad port", shown)
 		}
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/") + validatePath
 	u.RawPath = ""
 	return u.String(), nil
+}
+
+// RedactURL is raw as messages and logs may show it: user info (a
+// password, or a token used as the user name) and the query's values
+// replaced with xxxxx, and an unparsable URL not shown at all, since it
+// may be anything.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	if u.User != nil {
+		u.User = url.User("xxxxx")
+	}
+	if u.RawQuery != "" {
+		q := u.Query()
+		for k := range q {
+			q[k] = []string{"xxxxx"}
+		}
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
 }

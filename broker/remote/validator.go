@@ -57,7 +57,9 @@ type Validator struct {
 	timeout  time.Duration
 	http     *http.Client // bounded: MaxConns, every phase under timeout
 	api      *client.Client
-	cache    *cache // nil: CacheTTL 0
+	offPath  *http.Client   // for API: bounded by LoginTimeout
+	apiOff   *client.Client // API's client, over offPath
+	cache    *cache         // nil: CacheTTL 0
 	group    singleflight.Group
 	gate     *gate
 	keys     *keyring // the broker's keys: this Validator's (validate mode) or the follower's
@@ -118,6 +120,10 @@ func New(o Options) (*Validator, error) {
 	if v.api, err = client.New(o.URL, client.WithHTTPClient(v.http)); err != nil {
 		return nil, fmt.Errorf("remote: %w", err)
 	}
+	v.offPath = newOffPathHTTPClient(v.timeout, o.TLS.Clone())
+	if v.apiOff, err = client.New(o.URL, client.WithHTTPClient(v.offPath)); err != nil {
+		return nil, fmt.Errorf("remote: %w", err)
+	}
 	v.cache = newCache(&o, size, v.obs)
 	v.gate = newGate(&o, v.timeout)
 	if o.Mode == ModeLocal {
@@ -148,6 +154,7 @@ func (v *Validator) Close() {
 		v.local.f.leave(v)
 	}
 	v.http.CloseIdleConnections()
+	v.offPath.CloseIdleConnections()
 	if v.cache != nil {
 		v.cache.purge()
 	}
@@ -267,7 +274,8 @@ func (v *Validator) checkSignature(ctx context.Context, tok string) error {
 	return nil
 }
 
-// API is a client of the validator's broker over the validator's bounded
-// transport (its TLS settings and timeouts), for the gateway's other calls
-// to that broker, such as usage reports.
-func (v *Validator) API() *client.Client { return v.api }
+// API is a client of the validator's broker with the validator's TLS
+// settings, for the gateway's other calls to that broker, off the request
+// path, such as usage reports and the app login they need: their answers
+// are bounded by LoginTimeout, not Timeout (see LoginTimeout).
+func (v *Validator) API() *client.Client { return v.apiOff }

@@ -73,3 +73,13 @@ func (d *DB) RevocationsSince(ctx context.Context, seq int64, limit int) ([]brok
 	})
 	return out, d.fail("read revocations", err)
 }
+
+// RevocationHead implements broker.RevocationDB. It reads the rows, not
+// the counter: the same view as RevocationsSince.
+func (d *DB) RevocationHead(ctx context.Context) (int64, error) {
+	ctx, cancel := d.bound(ctx)
+	defer cancel()
+	var seq int64
+	err := d.pool.QueryRow(ctx, `SELECT coalesce(max(id), 0) FROM revocations`).Scan(&seq)
+	return seq, d.fail("read the revocation head", err)
+}

@@ -67,6 +67,15 @@ func (d *DB) RevocationsSince(ctx context.Context, seq int64, limit int) ([]brok
 	return out, rows.Err()
 }
 
+// RevocationHead implements broker.RevocationDB.
+func (d *DB) RevocationHead(ctx context.Context) (int64, error) {
+	var seq int64
+	if err := d.db.QueryRowContext(ctx, `SELECT coalesce(max(id), 0) FROM revocations`).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("read the revocation head: %w", err)
+	}
+	return seq, nil
+}
+
 // head reads the chain's newest link inside tx.
 func head(ctx context.Context, q interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row

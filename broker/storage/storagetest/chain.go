@@ -14,6 +14,9 @@ import (
 
 func testRevocations(t *testing.T, h Harness) {
 	db, _ := h.Fresh(t)
+	head, err := db.RevocationHead(ctx())
+	require.NoError(t, err)
+	require.Zero(t, head, "no revocation yet")
 	r1, err := db.Revoke(ctx(), broker.LevelToken, "jti-1", now)
 	require.NoError(t, err)
 	require.Positive(t, r1.Seq)
@@ -37,6 +40,9 @@ func testRevocations(t *testing.T, h Harness) {
 	none, err := db.RevocationsSince(ctx(), r2.Seq, 100)
 	require.NoError(t, err)
 	require.Empty(t, none)
+	head, err = db.RevocationHead(ctx())
+	require.NoError(t, err)
+	require.Equal(t, r2.Seq, head, "the head is the newest revocation's sequence number, a repeated one consumes none")
 }
 
 // testWatch: a revocation or key rotation committed through any handle
