@@ -258,15 +258,25 @@ func version(ctx context.Context, q querier) (int, error) {
 // find nothing left to do. DDL is transactional in PostgreSQL, so a
 // migration that fails (or a replica that dies) leaves no half schema.
 func (d *DB) migrateOne(ctx context.Context) (done bool, err error) {
-	tx, err := d.pool.Begin(ctx)
+	// DDL on a large table may take longer than a request may, and a busy
+	// client may pause between a migration's statements for longer than
+	// a request's transaction may stay idle: the pool's timeouts are off
+	// on this connection, set before BEGIN, and ctx bounds the migration.
+	// The connection leaves the pool for good, with its settings.
+	pc, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return false, err
+	}
+	conn := pc.Hijack()
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, `SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0`); err != nil {
+		return false, err
+	}
+	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return false, err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
-	// DDL on a large table may take longer than a request may; ctx bounds it.
-	if _, err := tx.Exec(ctx, `SET LOCAL statement_timeout = 0`); err != nil {
-		return false, err
-	}
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lockMigrate); err != nil {
 		return false, err
 	}
