@@ -74,7 +74,9 @@ func TestBreaker(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			f := brokertest.NewFakeBroker(t)
 			v, rec := newTestValidator(t, cached(Options{URL: f.Server.URL, Timeout: 200 * time.Millisecond}))
-			v.gate.breaker.min, v.gate.breaker.max = 200*time.Millisecond, 400*time.Millisecond
+			// Open for 0.5–1 s, then 1–2 s: long enough that a loaded
+			// machine does not reach the probe within the loops below.
+			v.gate.breaker.min, v.gate.breaker.max = time.Second, 2*time.Second
 			f.Set(failure(f))
 			for range 20 {
 				c, err := v.Validate(ctx, brokertest.FakeToken(t, exp, "read:orders:42"))
@@ -86,7 +88,7 @@ func TestBreaker(t *testing.T) {
 			require.ErrorIs(t, err, errBreakerOpen)
 
 			// Still failing: the probe reopens it, for longer.
-			eventually(t, 5*time.Second, func() bool {
+			eventually(t, 10*time.Second, func() bool {
 				_, _ = v.Validate(ctx, brokertest.FakeToken(t, exp, "read:orders:42"))
 				return f.Calls() > breakerThreshold
 			}, "a probe")
@@ -98,7 +100,7 @@ func TestBreaker(t *testing.T) {
 			require.EqualValues(t, 2, rec.breakerOpened.Load())
 
 			f.Set(brokertest.FakeValid)
-			eventually(t, 5*time.Second, func() bool {
+			eventually(t, 10*time.Second, func() bool {
 				tok := brokertest.FakeToken(t, exp, "read:orders:42")
 				c, err := v.Validate(ctx, tok)
 				return err == nil && c.Jti == tokenJTI(t, tok)
