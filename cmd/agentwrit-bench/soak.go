@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -129,12 +128,11 @@ func soak(ctx context.Context, ps *procs, s *setup, o options) error {
 
 	var wg sync.WaitGroup
 	for _, g := range gws {
+		// Each connection is a client of its own address, as agents on
+		// many hosts are: the remote gateways' per-client bound is for one
+		// flooding address, not for a fleet of agents.
+		client := newClient(o.conns / 2)
 		for w := 0; w < o.conns/2; w++ {
-			// Each worker is a client of its own address (127.0.0.10 on),
-			// as agents on many hosts are: the remote gateways' per-client
-			// bound is for one flooding address, not for a fleet of agents.
-			dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, byte(w/200), byte(10+w%200))}}
-			client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: dialer.DialContext}}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
